@@ -1,0 +1,1 @@
+"""Metrics that need only a model's sample()/log_prob() and the real data."""

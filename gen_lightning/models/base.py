@@ -1,0 +1,165 @@
+"""The small contract every model family keeps (../shared/DESIGN.md, "Contract between the pieces").
+
+- `sample(n, labels=None, generator=None)` returns samples in the data's value range.
+  Conditional families set `conditional = True` and take labels; the others refuse them.
+- Likelihood families also define `log_prob(x)` (or a bound on it).
+- In `setup()` the model reads `data_shape`, `num_classes` and `value_range` from the
+  DataModule and `check_data()` raises a clear error when they do not fit.
+- Checkpoints carry the model class, the data it was trained on and the RNG states, so that
+  a checkpoint from another model fails with one sentence and `--ckpt_path` resumes exactly.
+- `predict_step` draws one sample per index in the predict batch (see data.base.predict_loader).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from gen_lightning.errors import CheckpointMismatchError, ConfigError
+
+
+def _class_name(obj_or_cls: Any) -> str:
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _numpy_state_to_tensors(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _numpy_state_from_tensors(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
+class GenerativeModel(L.LightningModule):
+    """Base class of every family's LightningModule."""
+
+    conditional: bool = False
+
+    def __init__(self, predict_seed: int = 1234):
+        super().__init__()
+        self.predict_seed = predict_seed
+        self.data_shape: tuple[int, ...] | None = None
+        self.num_classes: int | None = None
+        self.value_range: tuple[float, float] | None = None
+        self.data_info: dict = {}
+        self.trained_progress: dict = {}
+        self._rng_to_restore: dict | None = None
+
+    # ---- data contract ----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            self.bind_data(dm)
+
+    def bind_data(self, dm) -> None:
+        """Read the DataModule's contract, check it fits this model, and build what depends on it."""
+        self.check_data(dm)
+        self.data_shape = tuple(dm.data_shape)
+        self.num_classes = dm.num_classes
+        self.value_range = tuple(dm.value_range) if dm.value_range is not None else None
+        self.data_info = dm.describe()
+        if self.conditional and dm.num_classes is None:
+            raise ConfigError(
+                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
+                "use a labeled dataset or the unconditional model"
+            )
+
+    def check_data(self, dm) -> None:
+        """Families override this to refuse data they cannot model; the default accepts anything."""
+
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        if labels is not None and not self.conditional:
+            raise ConfigError(f"{type(self).__name__} is unconditional; call sample() without labels")
+        if labels is None and self.conditional:
+            raise ConfigError(f"{type(self).__name__} is conditional; pass labels to sample()")
+
+    # ---- sampling -------------------------------------------------------------------
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define sample()")
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor | None]:
+        idx, _ = batch
+        n = idx.shape[0]
+        labels = (idx % self.num_classes).to(self.device) if self.conditional else None
+        g = torch.Generator(device=self.device).manual_seed(self.predict_seed + batch_idx)
+        return {"samples": self.sample(n, labels=labels, generator=g), "labels": labels}
+
+    # ---- optimizers -----------------------------------------------------------------
+    def build_optimizer(self, optimizer_callable, params, name: str = "optimizer") -> torch.optim.Optimizer:
+        """Instantiate an injected OptimizerCallable, turning torch's range checks into config errors."""
+        try:
+            return optimizer_callable(params)
+        except ValueError as e:  # e.g. "Invalid learning rate: -0.001"
+            raise ConfigError(f"model.{name} rejected its arguments ({e}); fix model.{name}.init_args in the config") from None
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gen_lightning"] = {
+            "model_class": _class_name(self),
+            "data_shape": list(self.data_shape) if self.data_shape else None,
+            "num_classes": self.num_classes,
+            "value_range": list(self.value_range) if self.value_range else None,
+            "data": self.data_info,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+                # numpy's state as plain tensors and ints, so the checkpoint loads with weights_only=True
+                "numpy": _numpy_state_to_tensors(np.random.get_state()),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("gen_lightning")
+        if meta is None:
+            raise CheckpointMismatchError(
+                "this checkpoint was not written by gen_lightning (no 'gen_lightning' entry); train it with `gen fit` first"
+            )
+        if meta["model_class"] != _class_name(self):
+            raise CheckpointMismatchError(
+                f"the checkpoint holds a {meta['model_class']} but the config builds a {_class_name(self)}; "
+                "use the config that trained it (saved as config.yaml in its run directory)"
+            )
+        saved_shape = tuple(meta["data_shape"]) if meta["data_shape"] else None
+        if self.data_shape is not None and saved_shape is not None and saved_shape != self.data_shape:
+            raise CheckpointMismatchError(
+                f"the checkpoint was trained on data of shape {saved_shape} but the data now has shape {self.data_shape}; "
+                "use the data config it was trained with"
+            )
+        if self.data_shape is None:  # load_from_checkpoint without a DataModule
+            self.data_shape = saved_shape
+            self.num_classes = meta["num_classes"]
+            self.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
+            self.data_info = meta["data"]
+        self.trained_progress = {"epochs": checkpoint.get("epoch", 0) + 1, "global_step": checkpoint.get("global_step", 0)}
+        self._rng_to_restore = meta.get("rng")
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        try:
+            return super().load_state_dict(state_dict, strict=strict, **kwargs)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else first[0]
+            raise CheckpointMismatchError(
+                f"the checkpoint's weights do not fit {type(self).__name__} as configured ({detail}); "
+                "use the config that trained it (saved as config.yaml in its run directory)"
+            ) from None
+
+    def on_train_epoch_start(self) -> None:
+        # Resume exactly: put the RNGs back where they were when the checkpoint was written, at the
+        # same point of the loop (before this epoch's shuffle and noise draws).
+        rng, self._rng_to_restore = self._rng_to_restore, None
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))

@@ -1,0 +1,1 @@
+"""Plain nn.Modules (no Lightning import), injected into the families through class_path."""
