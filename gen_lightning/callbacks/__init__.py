@@ -1,1 +1,7 @@
-"""Lightning callbacks: sample grids, metrics.json and sample files."""
+"""Lightning callbacks: sample grids, metrics.json and sample files. EMA is Lightning's EMAWeightAveraging."""
+
+from gen_lightning.callbacks.gmm_metrics import GMMMetrics
+from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
+from gen_lightning.callbacks.sample_grid import LatentInterpolation, SampleGrid
+
+__all__ = ["GMMMetrics", "LatentInterpolation", "MetricsWriter", "SampleGrid", "SampleWriter"]

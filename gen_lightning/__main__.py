@@ -1,0 +1,3 @@
+from gen_lightning.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""The two callbacks the CLI always adds: metrics.json after `gen test`, sample files after `gen predict`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from gen_lightning.callbacks.render import image_grid, save_figure, save_grid, scatter_figure, to_uint8
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """Where a run's outputs go: the logger's version directory, else the default root."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _jsonable(value):
+    value = value.item() if isinstance(value, torch.Tensor) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsWriter(L.Callback):
+    """After `gen test`: writes `metrics.json` in the run directory and logs the metrics with the hparams.
+
+    metrics.json holds the test metrics, the metrics the model does not support and why
+    (`omitted`, never shown as 0), the data and likelihood conventions, the checkpoint and
+    how long the model had trained.
+    """
+
+    def __init__(self, filename: str = "metrics.json"):
+        self.filename = filename
+        self.path: Path | None = None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: _jsonable(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        report = {
+            "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "data": getattr(pl_module, "data_info", {}),
+            "checkpoint": trainer.ckpt_path,
+            "trained": getattr(pl_module, "trained_progress", {}),
+            "metrics": dict(sorted(metrics.items())),
+            "omitted": getattr(pl_module, "omitted_metrics", {}),
+            "conventions": getattr(pl_module, "metric_conventions", {}),
+            "num_parameters": sum(p.numel() for p in pl_module.parameters()),
+        }
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(dict(pl_module.hparams), {k: v for k, v in metrics.items() if v is not None})
+        if not trainer.is_global_zero:
+            return
+        self.path = run_dir(trainer) / self.filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"metrics written to {self.path}")
+
+
+class SampleWriter(BasePredictionWriter):
+    """After `gen predict`: writes N samples to `output` (a .pt file) and a picture beside it.
+
+    The .pt file holds `{"samples": uint8 (N, C, H, W) or float (N, 2), "labels": (N,) or None}`.
+    Images also give a PNG grid (one row per class for conditional models); 2-D data gives a
+    scatter plot. `num_samples` overrides the DataModule's `predict_size`.
+    """
+
+    def __init__(self, num_samples: int | None = None, output: str | None = None, nrow: int | None = None):
+        super().__init__(write_interval="epoch")
+        self.num_samples = num_samples
+        self.output = output
+        self.nrow = nrow
+        self.path: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The predict loader is the DataModule's; tell it how many samples were asked for.
+        if stage == "predict" and self.num_samples is not None and trainer.datamodule is not None:
+            trainer.datamodule.predict_size = self.num_samples
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        samples = torch.cat([p["samples"].detach().cpu() for p in predictions])
+        labels = None if predictions[0]["labels"] is None else torch.cat([p["labels"].cpu() for p in predictions])
+        path = Path(self.output) if self.output else run_dir(trainer) / "samples.pt"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}_rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        is_image = samples.ndim == 4
+        stored = to_uint8(samples, pl_module.value_range) if is_image else samples.float()
+        torch.save({"samples": stored, "labels": labels}, path)
+        if is_image:
+            nrow = self.nrow or (pl_module.num_classes if labels is not None else max(1, int(len(samples) ** 0.5)))
+            save_grid(image_grid(samples[:400], pl_module.value_range, nrow), path.with_suffix(".png"))
+        else:
+            fig = scatter_figure(samples, title=f"{type(pl_module).__name__}: {len(samples)} samples")
+            save_figure(fig, path.with_suffix(".png"))
+            plt.close(fig)
+        self.path = path
+        print(f"{len(samples)} samples written to {path} and {path.with_suffix('.png')}")
