@@ -20,13 +20,13 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
 from gen_lightning.errors import GenError
-from gen_lightning.models.base import GenerativeModel
 
 
 class GenCLI(LightningCLI):
     def __init__(self, args: ArgsType = None, run: bool = True):
         super().__init__(
-            model_class=GenerativeModel,
+            # any LightningModule: the generative families and the MNIST domain classifier
+            model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
