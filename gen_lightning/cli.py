@@ -2,12 +2,14 @@
 
     gen fit      --config configs/vae_gmm.yaml
     gen test     --config configs/vae_gmm.yaml --ckpt_path checkpoints/vae_gmm/last.ckpt
+    gen compare  lightning_logs/*/version_1 --output docs/results/compare
     gen predict  --config configs/vae_gmm.yaml --ckpt_path checkpoints/vae_gmm/last.ckpt \
                  --samples.num_samples 1000 --samples.output outputs/vae_gmm.pt
 
 The model and data are chosen by `class_path` (subclass mode), so every family and
-DataModule plugs in without a line here. Two callbacks are always on: `metrics` writes
-metrics.json after `gen test`, and `samples` writes the files of `gen predict`. Mistakes a
+DataModule plugs in without a line here. Four callbacks are always on: `metrics` writes
+metrics.json after `gen test`, `samples` writes the files of `gen predict`, `fit_stats`
+records stability and speed during `gen fit`, and `speed` times sampling at `gen test`. Mistakes a
 user can fix (gen_lightning.errors.GenError) print one line, `error: ...`, and exit 2.
 """
 
@@ -19,6 +21,7 @@ import lightning as L
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
+from gen_lightning.callbacks.run_stats import FitStats, SamplingSpeed
 from gen_lightning.errors import GenError
 
 
@@ -39,10 +42,20 @@ class GenCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MetricsWriter, "metrics")
         parser.add_lightning_class_args(SampleWriter, "samples")
+        parser.add_lightning_class_args(FitStats, "fit_stats")
+        parser.add_lightning_class_args(SamplingSpeed, "speed")
 
 
 def main(args: ArgsType = None) -> None:
-    """Console entry point; tests drive it as `main(["fit", "--config", ...])`."""
+    """Console entry point; tests drive it as `main(["fit", "--config", ...])`.
+
+    `gen compare RUN_DIR...` is not a Trainer method, so it is dispatched before LightningCLI.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["compare"]:
+        from gen_lightning.report import main as compare_main
+
+        return compare_main(argv[1:])
     try:
         GenCLI(args=args)
     except GenError as e:

@@ -46,6 +46,8 @@ class MetricsWriter(L.Callback):
             "metrics": dict(sorted(metrics.items())),
             "omitted": getattr(pl_module, "omitted_metrics", {}),
             "conventions": getattr(pl_module, "metric_conventions", {}),
+            "training": getattr(pl_module, "fit_stats", {}),
+            "sampling": getattr(pl_module, "sampling_conditions", {}),
             "num_parameters": sum(p.numel() for p in pl_module.parameters()),
         }
         if trainer.logger is not None:

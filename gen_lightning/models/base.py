@@ -41,6 +41,9 @@ class GenerativeModel(L.LightningModule):
     """Base class of every family's LightningModule."""
 
     conditional: bool = False
+    # network evaluations to draw one sample (1 for a VAE decoder or a GAN generator, T for DDPM);
+    # reported beside the sampling speed
+    network_evaluations_per_sample: int | None = None
 
     def __init__(self, predict_seed: int = 1234):
         super().__init__()
@@ -50,6 +53,10 @@ class GenerativeModel(L.LightningModule):
         self.value_range: tuple[float, float] | None = None
         self.data_info: dict = {}
         self.trained_progress: dict = {}
+        self.fit_stats: dict = {}  # stability and speed of the fit (callbacks.run_stats.FitStats)
+        self.omitted_metrics: dict[str, str] = {}  # metric -> why it does not apply; never logged as 0
+        self.metric_conventions: dict[str, str] = {}  # binarization, dequantization, likelihood
+        self.sampling_conditions: dict = {}  # device, dtype, batch of the sampling speed (SamplingSpeed)
         self._rng_to_restore: dict | None = None
 
     # ---- data contract ----------------------------------------------------------------
@@ -107,6 +114,7 @@ class GenerativeModel(L.LightningModule):
             "num_classes": self.num_classes,
             "value_range": list(self.value_range) if self.value_range else None,
             "data": self.data_info,
+            "fit_log_dir": self._trainer.log_dir if self._trainer is not None else None,  # training curves
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -138,7 +146,12 @@ class GenerativeModel(L.LightningModule):
             self.num_classes = meta["num_classes"]
             self.value_range = tuple(meta["value_range"]) if meta["value_range"] else None
             self.data_info = meta["data"]
-        self.trained_progress = {"epochs": checkpoint.get("epoch", 0) + 1, "global_step": checkpoint.get("global_step", 0)}
+        self.trained_progress = {
+            "epochs": checkpoint.get("epoch", 0) + 1,
+            "global_step": checkpoint.get("global_step", 0),
+            "fit_log_dir": meta.get("fit_log_dir"),
+        }
+        self.fit_stats = checkpoint.get("gen_lightning_fit_stats", {})
         self._rng_to_restore = meta.get("rng")
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):

@@ -1,0 +1,140 @@
+"""Training stability and speed, measured the same way for every family.
+
+`FitStats` (during `gen fit`) records every `train/*` scalar at every step, the number of
+non-finite losses, the wall time and the training throughput. Its summary is stored on the
+model (`pl_module.fit_stats`), so it travels in the checkpoint and `gen test` can put it in
+metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
+Every figure carries the device, dtype and batch size it was measured with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+
+from gen_lightning.errors import ConfigError
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def coefficient_of_variation(values: list[float]) -> float | None:
+    """std / |mean| of the finite values; None when it is undefined."""
+    finite = torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float64)
+    if len(finite) < 2 or finite.mean().abs() < 1e-12:
+        return None
+    return float(finite.std() / finite.mean().abs())
+
+
+def conditions(trainer: L.Trainer, pl_module: L.LightningModule, batch_size: int) -> dict:
+    return {
+        "device": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
+        "num_devices": trainer.world_size,
+        "precision": str(trainer.precision),
+        "batch_size": batch_size,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+class FitStats(L.Callback):
+    """Stability (loss CV over the last `tail_fraction` of steps, non-finite losses) and speed of a fit."""
+
+    def __init__(self, tail_fraction: float = 0.1):
+        if not 0 < tail_fraction <= 1:
+            raise ConfigError(f"fit_stats.tail_fraction must be in (0, 1], got {tail_fraction}")
+        self.tail_fraction = tail_fraction
+        self.history: dict[str, list[float]] = {}
+        self.train_seconds = 0.0
+        self.images = 0
+        self.batch_size = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.fit_start = time.perf_counter()
+        self.wall_before = getattr(self, "wall_before", 0.0)  # from an earlier run this one resumes
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _sync(pl_module.device)
+        self.batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync(pl_module.device)
+        self.train_seconds += time.perf_counter() - self.batch_start
+        n = batch[0].shape[0] if isinstance(batch, (tuple, list)) else len(batch)
+        self.images += n * trainer.world_size
+        self.batch_size = n
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") and not key.endswith("_epoch") and value.numel() == 1:
+                self.history.setdefault(key.removesuffix("_step"), []).append(float(value))
+
+    def summary(self) -> dict:
+        stats: dict = {"steps": max((len(v) for v in self.history.values()), default=0)}
+        for key, values in sorted(self.history.items()):
+            tail = values[-max(1, int(len(values) * self.tail_fraction)) :]
+            name = key.removeprefix("train/")
+            stats[f"{name}_cv_tail"] = coefficient_of_variation(tail)
+            stats[f"{name}_nonfinite"] = sum(not math.isfinite(v) for v in values)
+            if "loss" in name:
+                finite_tail = [v for v in tail if math.isfinite(v)]
+                stats[f"{name}_std_tail"] = float(torch.tensor(finite_tail).std()) if len(finite_tail) > 1 else None
+        return stats
+
+    def report(self, trainer, pl_module) -> dict:
+        wall = self.wall_before + time.perf_counter() - self.fit_start
+        return {
+            "stability": self.summary(),
+            "speed": {
+                "fit_wall_seconds": wall,
+                "train_seconds": self.train_seconds,
+                "train_images_per_second": self.images / self.train_seconds if self.train_seconds else None,
+                "conditions": conditions(trainer, pl_module, self.batch_size),
+            },
+        }
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Beside the model's own entry, so `gen test` reads it back (GenerativeModel.on_load_checkpoint).
+        checkpoint["gen_lightning_fit_stats"] = self.report(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        pl_module.fit_stats = self.report(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        wall = self.wall_before + time.perf_counter() - getattr(self, "fit_start", time.perf_counter())
+        return {"history": self.history, "train_seconds": self.train_seconds, "images": self.images, "wall": wall}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.train_seconds, self.images = state["history"], state["train_seconds"], state["images"]
+        self.wall_before = state["wall"]
+
+
+class SamplingSpeed(L.Callback):
+    """At `gen test`: ms per sample of `sample()` at a fixed batch size, after one warm-up batch."""
+
+    def __init__(self, batch_size: int = 256, repeats: int = 3, enabled: bool = True):
+        if batch_size < 1 or repeats < 1:
+            raise ConfigError(f"speed.batch_size and speed.repeats must be >= 1, got {batch_size} and {repeats}")
+        self.batch_size, self.repeats, self.enabled = batch_size, repeats, enabled
+
+    @torch.no_grad()
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not self.enabled or not hasattr(pl_module, "sample"):
+            return
+        k = getattr(pl_module, "num_classes", None) if getattr(pl_module, "conditional", False) else None
+        labels = torch.arange(self.batch_size, device=pl_module.device) % k if k else None
+        g = torch.Generator(device=pl_module.device).manual_seed(0)
+        pl_module.sample(self.batch_size, labels=labels, generator=g)  # warm-up
+        _sync(pl_module.device)
+        start = time.perf_counter()
+        for _ in range(self.repeats):
+            pl_module.sample(self.batch_size, labels=labels, generator=g)
+        _sync(pl_module.device)
+        ms = 1000 * (time.perf_counter() - start) / (self.repeats * self.batch_size)
+        pl_module.log("test/sample_ms_per_img", ms, sync_dist=False)
+        pl_module.sampling_conditions = {
+            **conditions(trainer, pl_module, self.batch_size),
+            "network_evaluations_per_sample": getattr(pl_module, "network_evaluations_per_sample", None),
+        }

@@ -1,0 +1,275 @@
+"""`gen compare`: finished runs side by side, as tables, figures and a TensorBoard run.
+
+    gen compare lightning_logs/*/version_1 --output docs/results/compare
+
+A run is a directory holding the metrics.json that `gen test` wrote. Its training curves
+come from the TensorBoard events of the fit that made its checkpoint, and its sample grid
+from that fit's `samples/` folder.
+
+Normalization (stated on the figures, and in docs/):
+  - each metric is min-max scaled across the compared runs to [0, 1], with 1 the best run;
+    whether lower or higher is better is decided by `LOWER_IS_BETTER` / `HIGHER_IS_BETTER`;
+  - a metric that all runs share one value of scales to 1 for all; a missing one is "n/a"
+    (blank in the heatmap, 0 on the radar, and named in the radar's legend);
+  - the radar's four axes each take the mean of their metrics' normalized scores:
+    quality, stability (loss CV over the last 10% of steps), controllability (accuracy on
+    requested labels, absolute) and efficiency (sampling ms/img and training img/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+LOWER_IS_BETTER = ("fid", "kid", "kl", "nll", "bpd", "nelbo", "ms_per", "cv", "nonfinite", "loss", "seconds")
+HIGHER_IS_BETTER = ("acc", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered")
+RADAR_AXES = {
+    "quality": ("classifier_fid", "fid", "reverse_kl_modes", "kl_data_model", "nll_iwae_nats", "bpd_iwae", "high_quality_fraction"),
+    "stability": ("loss_cv_tail", "g_loss_cv_tail", "d_loss_cv_tail"),
+    "controllability": ("label_accuracy",),
+    "efficiency": ("sample_ms_per_img", "train_images_per_second"),
+}
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    model: str
+    dataset: str
+    metrics: dict[str, float | None]
+    info: dict[str, float | None]
+    curves: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    sample_grid: Path | None = None
+
+
+def higher_is_better(metric: str) -> bool:
+    name = metric.lower()
+    if any(k in name for k in HIGHER_IS_BETTER):
+        return True
+    if any(k in name for k in LOWER_IS_BETTER):
+        return False
+    raise ValueError(f"no direction known for metric {metric!r}; add it to LOWER_IS_BETTER or HIGHER_IS_BETTER")
+
+
+def read_curves(log_dir: Path | None) -> dict[str, tuple[list[int], list[float]]]:
+    """Every `train/*` and `val/*` scalar of a fit's TensorBoard events."""
+    if log_dir is None or not log_dir.is_dir():
+        return {}
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    curves = {}
+    for tag in acc.Tags().get("scalars", []):
+        if tag.startswith(("train/", "val/")) and not tag.endswith("_epoch"):
+            events = acc.Scalars(tag)
+            curves[tag.removesuffix("_step")] = ([e.step for e in events], [e.value for e in events])
+    return curves
+
+
+def load_run(path: Path) -> Run:
+    report = json.loads((path / "metrics.json").read_text())
+    fit_dir = report.get("trained", {}).get("fit_log_dir")
+    fit_dir = Path(fit_dir) if fit_dir else None
+    grids = sorted((fit_dir / "samples").glob("*.png")) if fit_dir and (fit_dir / "samples").is_dir() else []
+    training = report.get("training", {})
+    stability = training.get("stability", {})
+    metrics = {k.removeprefix("test/"): v for k, v in report["metrics"].items()}
+    metrics.update({k: v for k, v in stability.items() if k.endswith("_cv_tail")})
+    speed = training.get("speed", {})
+    metrics["train_images_per_second"] = speed.get("train_images_per_second")
+    info = {
+        "train_seconds": speed.get("fit_wall_seconds"),
+        "sample_ms_per_img": metrics.get("sample_ms_per_img"),
+        "parameters": report.get("num_parameters"),
+        "epochs": report.get("trained", {}).get("epochs"),
+    }
+    name = path.parent.name if path.name.startswith("version_") else path.name
+    return Run(name, path, report["model"].rsplit(".", 1)[-1], report["data"].get("dataset", "?"), metrics, info,
+               read_curves(fit_dir), grids[-1] if grids else None)  # fmt: skip
+
+
+def expand(patterns: list[str]) -> list[Path]:
+    paths = []
+    for p in patterns:
+        matches = sorted(glob.glob(p)) or [p]
+        paths += [Path(m) for m in matches if (Path(m) / "metrics.json").is_file()]
+    if not paths:
+        raise SystemExit(f"error: no run directory with a metrics.json in {patterns}; run `gen test` on each run first")
+    return paths
+
+
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    metric_names = sorted({k for r in runs for k in r.metrics} - {"sample_ms_per_img"})
+    header = ["run", "model", "dataset", *metric_names, "train_seconds", "sample_ms_per_img", "parameters", "epochs"]
+    rows = [[r.name, r.model, r.dataset, *(fmt(r.metrics.get(m)) for m in metric_names),
+             *(fmt(r.info[k]) for k in ("train_seconds", "sample_ms_per_img", "parameters", "epochs"))] for r in runs]  # fmt: skip
+    return header, rows
+
+
+def normalized(runs: list[Run], metric: str) -> list[float | None]:
+    """Min-max across runs, 1 = best; None where the run lacks the metric."""
+    values = [r.metrics.get(metric) for r in runs]
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return [None] * len(runs)
+    lo, hi = min(finite), max(finite)
+    out = []
+    for v in values:
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            out.append(None)
+        elif hi == lo:
+            out.append(1.0)
+        else:
+            s = (v - lo) / (hi - lo)
+            out.append(s if higher_is_better(metric) else 1 - s)
+    return out
+
+
+def numeric_metrics(runs: list[Run]) -> list[str]:
+    names = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
+    return [m for m in names if m != "num_modes"]
+
+
+def fig_bars(runs: list[Run]) -> plt.Figure:
+    metrics = numeric_metrics(runs)
+    cols = 3
+    fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols, figsize=(4 * cols, 2.6 * math.ceil(len(metrics) / cols)), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        vals = [r.metrics.get(m) for r in runs]
+        ax.bar(range(len(runs)), [v if isinstance(v, (int, float)) and math.isfinite(v) else 0 for v in vals], color="tab:blue")
+        for i, v in enumerate(vals):
+            ax.text(i, 0, fmt(v), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(runs)), [r.name for r in runs], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{m} ({'higher' if higher_is_better(m) else 'lower'} is better)", fontsize=8)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def fig_heatmap(runs: list[Run]) -> plt.Figure:
+    metrics = numeric_metrics(runs)
+    grid = np.array([[np.nan if v is None else v for v in normalized(runs, m)] for m in metrics]).T  # (runs, metrics)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(metrics), 1.5 + 0.5 * len(runs)))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(metrics)), metrics, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(runs)), [r.name for r in runs], fontsize=8)
+    ax.set_title("min-max across runs, 1 = best; blank = n/a", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def radar_scores(runs: list[Run]) -> dict[str, list[float | None]]:
+    scores = {}
+    for axis, metrics in RADAR_AXES.items():
+        per_metric = [normalized(runs, m) if axis != "controllability" else [r.metrics.get(m) for r in runs] for m in metrics]
+        scores[axis] = []
+        for i in range(len(runs)):
+            vals = [col[i] for col in per_metric if col[i] is not None]
+            scores[axis].append(sum(vals) / len(vals) if vals else None)
+    return scores
+
+
+def fig_radar(runs: list[Run]) -> plt.Figure:
+    scores = radar_scores(runs)
+    axes = list(scores)
+    angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False).tolist()
+    fig = plt.figure(figsize=(6, 6))
+    ax = fig.add_subplot(polar=True)
+    for i, r in enumerate(runs):
+        vals = [scores[a][i] or 0.0 for a in axes]
+        missing = [a for a in axes if scores[a][i] is None]
+        label = r.name + (f" (n/a: {', '.join(missing)})" if missing else "")
+        ax.plot(angles + angles[:1], vals + vals[:1], label=label)
+        ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1)
+    ax.set_xticks(angles, axes)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=7)
+    fig.text(0.02, 0.01, "Each axis: mean of its metrics min-max scaled across runs (1 = best);\n"
+             "controllability is the absolute accuracy on requested labels; n/a plotted as 0.", fontsize=7)  # fmt: skip
+    return fig
+
+
+def fig_curves(runs: list[Run]) -> plt.Figure:
+    tags = sorted({t for r in runs for t in r.curves})
+    cols = 3
+    rows = max(1, math.ceil(len(tags) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for r in runs:
+            if tag in r.curves:
+                ax.plot(*r.curves[tag], label=r.name, lw=0.8)
+        ax.set_title(tag, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(tags) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def fig_mosaic(runs: list[Run]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.5 * len(runs), 3.8), squeeze=False)
+    for ax, r in zip(axes.flat, runs):
+        if r.sample_grid is not None:
+            ax.imshow(plt.imread(r.sample_grid))
+        else:
+            ax.text(0.5, 0.5, "n/a", ha="center", va="center")
+        ax.set_title(f"{r.name}\n{r.model} on {r.dataset}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"bars": fig_bars, "heatmap": fig_heatmap, "radar": fig_radar, "curves": fig_curves, "samples": fig_mosaic}
+
+
+def compare(patterns: list[str], output: Path) -> dict[str, Path]:
+    runs = [load_run(p) for p in expand(patterns)]
+    output.mkdir(parents=True, exist_ok=True)
+    header, rows = table(runs)
+    written = {"table_md": output / "compare.md", "table_csv": output / "compare.csv"}
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    written["table_md"].write_text("\n".join(md) + "\n")
+    with written["table_csv"].open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    writer = SummaryWriter(str(output / "tensorboard"))
+    writer.add_text("compare/table", "\n".join(md))
+    for name, make in FIGURES.items():
+        fig = make(runs)
+        written[name] = output / f"{name}.png"
+        fig.savefig(written[name], dpi=110, bbox_inches="tight")
+        writer.add_figure(f"compare/{name}", fig)  # closes the figure
+    writer.close()
+    return written
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gen compare", description="Finished runs side by side: tables and figures.")
+    parser.add_argument("runs", nargs="+", help="run directories holding metrics.json, or globs of them")
+    parser.add_argument("--output", default="compare", help="folder for the tables, PNGs and the TensorBoard run")
+    ns = parser.parse_args(args)
+    for kind, path in compare(ns.runs, Path(ns.output)).items():
+        print(f"{kind}: {path}")
