@@ -86,13 +86,22 @@ def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tenso
     return batch
 
 
+def check_split_size(size: int | float, name: str = "val_size") -> None:
+    """A held-out size is a count (int >= 0) or a fraction (float in [0, 1))."""
+    if isinstance(size, float) and not 0.0 <= size < 1.0:
+        raise ConfigError(f"{name} as a fraction must be in [0, 1), got {size}; or give a count of items")
+    if size < 0:
+        raise ConfigError(f"{name} must be >= 0, got {size}")
+
+
 def split_train_val(
-    n: int, val_size: int | float, seed: int
+    n: int, val_size: int | float, seed: int, name: str = "val_size"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded permutation of `range(n)` into train and validation indices."""
+    """Seeded permutation of `range(n)` into kept and held-out indices (`name` is the option, for errors)."""
+    check_split_size(val_size, name)
     n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
-    if not 0 <= n_val < n:
-        raise ConfigError(f"val_size={val_size} leaves no training data out of {n} items; use a smaller val_size")
+    if n_val >= n:
+        raise ConfigError(f"{name}={val_size} leaves no training data out of {n} items; use a smaller {name}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:], perm[:n_val]
 
@@ -129,6 +138,9 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        if predict_size < 1:
+            raise ConfigError(f"predict_size must be >= 1, got {predict_size}")
+        check_split_size(val_size, "val_size")
         if binarize != "none" and value_range != "0,1":
             raise ConfigError(f"binarize={binarize!r} yields {{0, 1}} values; set value_range: '0,1'")
         self.batch_size = batch_size
@@ -227,6 +239,16 @@ class ImageDataModule(L.LightningDataModule):
                 "threshold": "pixel > 0.5",
             }[self.binarize],
         }
+
+
+def one_line(err: Exception) -> str:
+    """The most specific line of a (possibly multi-line, wrapped) error, to quote in a one-line message.
+
+    torchvision's download errors list every mirror tried; the last line holds the cause
+    (`<urlopen error [Errno -2] Name or service not known>`, `Permission denied: ...`).
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else 'no message'}"
 
 
 def predict_loader(num_samples: int, batch_size: int) -> DataLoader:
