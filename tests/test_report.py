@@ -1,0 +1,71 @@
+"""`gen compare` on small fixture runs: every table and figure is written, n/a where a metric is missing."""
+
+import csv
+import json
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import save_image
+
+from gen_lightning.cli import main
+from gen_lightning.report import higher_is_better, normalized, radar_scores
+
+
+def make_run(root, name, model, metrics, loss_cv, ms):
+    """A fit dir (TensorBoard scalars + a sample grid) and a test dir (metrics.json), as gen writes them."""
+    fit_dir, test_dir = root / name / "version_0", root / name / "version_1"
+    writer = SummaryWriter(str(fit_dir))
+    for step in range(20):
+        writer.add_scalar("train/loss_step", 1.0 / (step + 1), step)
+        writer.add_scalar("val/loss", 2.0 / (step + 1), step)
+    writer.close()
+    (fit_dir / "samples").mkdir()
+    save_image(torch.rand(4, 1, 8, 8), fit_dir / "samples" / "epoch_0001.png")
+    test_dir.mkdir(parents=True)
+    report = {
+        "model": f"gen_lightning.models.x.{model}",
+        "data": {"dataset": "GMM-grid25"},
+        "trained": {"epochs": 3, "fit_log_dir": str(fit_dir)},
+        "metrics": {f"test/{k}": v for k, v in metrics.items()},
+        "training": {"stability": {"loss_cv_tail": loss_cv}, "speed": {"fit_wall_seconds": 10.0, "train_images_per_second": 1000.0}},
+        "num_parameters": 1234,
+    }
+    report["metrics"]["test/sample_ms_per_img"] = ms
+    (test_dir / "metrics.json").write_text(json.dumps(report))
+    return test_dir
+
+
+def test_compare_writes_tables_and_figures(tmp_path):
+    logs = tmp_path / "lightning_logs"
+    make_run(logs, "vae_gmm", "VAE", {"modes_covered": 20, "reverse_kl_modes": 0.2, "kl_data_model": 1.5}, 0.1, 0.01)
+    make_run(logs, "gan_gmm", "GAN", {"modes_covered": 25, "reverse_kl_modes": 0.02}, 0.3, 0.02)
+    out = tmp_path / "compare"
+    main(["compare", str(logs / "*" / "version_1"), "--output", str(out)])
+    for name in ("compare.md", "compare.csv", "bars.png", "heatmap.png", "radar.png", "curves.png", "samples.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["gan_gmm"]["kl_data_model"] == "n/a"  # the GAN has no density: shown as n/a, never 0
+    assert by_run["vae_gmm"]["modes_covered"] == "20" and by_run["gan_gmm"]["parameters"] == "1234"
+
+
+def test_normalization_is_min_max_with_one_best():
+    class R:  # the two fields normalized() reads
+        def __init__(self, **m):
+            self.metrics = m
+
+    runs = [R(reverse_kl_modes=0.2, modes_covered=20), R(reverse_kl_modes=0.1, modes_covered=25), R(modes_covered=22)]
+    assert normalized(runs, "reverse_kl_modes") == [0.0, 1.0, None]  # lower is better
+    assert normalized(runs, "modes_covered") == pytest.approx([0.0, 1.0, 0.4])  # higher is better
+    scores = radar_scores(runs)
+    assert scores["controllability"] == [None, None, None]
+
+
+def test_every_metric_has_a_direction():
+    for m in ("classifier_fid", "fid", "kid_mean", "nll_iwae_nats", "bpd_iwae", "label_accuracy", "modes_covered",
+              "high_quality_fraction", "sample_ms_per_img", "train_images_per_second", "loss_cv_tail", "inception_score"):  # fmt: skip
+        higher_is_better(m)
+    with pytest.raises(ValueError, match="no direction"):
+        higher_is_better("mystery")
