@@ -207,8 +207,13 @@ def extract_once(archive: Path, cache_dir: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as err:
+        raise ConfigError(f"{archive} holds an unsafe member ({err}); extract it yourself and point `root` at the folder") from None
+    except (tarfile.ReadError, EOFError) as err:
+        raise ConfigError(f"{archive} is not a readable tar archive ({one_line(err)}); check the file or point `root` at a folder") from None
     (dest / EXTRACTED_MARKER).touch()
     return dest
 
