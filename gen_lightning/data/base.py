@@ -42,7 +42,9 @@ class TensorPairDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.x[idx], self.y[idx]
+        # index_select, not x[idx]: on CPU, advanced indexing of a uint8 (128, 1, 28, 28) batch
+        # measured 5x (1 thread) to 13x (2 threads) slower
+        return self.x.index_select(0, idx), self.y.index_select(0, idx)
 
 
 class EpochShuffleSampler(Sampler[int]):
