@@ -44,11 +44,11 @@ class GaussianMixture:
         if name == "ring8":
             angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
             means = 2.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
-            return cls(means, torch.full((8,), 0.02), torch.ones(8))
+            return cls(means, torch.full((8,), 0.02, dtype=torch.float64), torch.ones(8))
         if name == "grid25":
             coords = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0], dtype=torch.float64)
             means = torch.cartesian_prod(coords, coords)  # (25, 2)
-            return cls(means, torch.full((25,), 0.05), torch.ones(25))
+            return cls(means, torch.full((25,), 0.05, dtype=torch.float64), torch.ones(25))
         raise ConfigError(f"unknown GMM preset {name!r}; use 'ring8', 'grid25' or explicit means/stds/weights")
 
     @property
