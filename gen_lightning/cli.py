@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
@@ -38,6 +39,17 @@ class GenCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # EMA (WeightAveraging) swaps the average in at validation start and back at validation end.
+        # Ordered after the other callbacks, it swaps back only once sample grids and quality metrics
+        # have drawn from the EMA weights. Checkpoint callbacks stay last, as Lightning puts them.
+        def rank(cb) -> int:
+            return 2 if isinstance(cb, Checkpoint) else 1 if isinstance(cb, WeightAveraging) else 0
+
+        trainer.callbacks = sorted(trainer.callbacks, key=rank)
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MetricsWriter, "metrics")

@@ -2,6 +2,7 @@
 
 from gen_lightning.callbacks.gmm_metrics import GMMMetrics
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
+from gen_lightning.callbacks.quality import SampleQuality
 from gen_lightning.callbacks.sample_grid import LatentInterpolation, SampleGrid
 
-__all__ = ["GMMMetrics", "LatentInterpolation", "MetricsWriter", "SampleGrid", "SampleWriter"]
+__all__ = ["GMMMetrics", "LatentInterpolation", "MetricsWriter", "SampleQuality", "SampleGrid", "SampleWriter"]
