@@ -1,0 +1,217 @@
+"""Decoder output distributions p(x | params): the observation model of a VAE.
+
+A decoder outputs `params` of shape `(B, P*C, *rest)` for data of shape `(C, *rest)`, with
+`P = params_per_channel`: the P parameter maps of each channel are stacked channel-major, so
+`params.unflatten(1, (P, C))` separates them. Every likelihood gives
+
+  - `log_prob(params, x) -> (B,)`: log p(x | params) summed over all dimensions, in nats;
+  - `mean(params)`: the value shown as a sample, in the data's range;
+  - `sample(params, generator)`: a draw from p(x | params);
+  - `prepare(x)`: what the likelihood is evaluated on (uniform dequantization for a density on
+    8-bit images, the data itself otherwise);
+  - `discrete`: True when it assigns probabilities to discrete values, so bits/dim is
+    `nll / (D ln 2)`; False for densities, where bits/dim applies only to dequantized 8-bit
+    images: `(nll + D ln 256) / (D ln 2)` for data in [0, 1] (../shared/DESIGN.md);
+  - `check(dm)`: raises ConfigError when the DataModule's data does not fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gen_lightning.errors import ConfigError
+
+
+def _is_8bit_image_in_unit_range(dm) -> bool:
+    value_range = tuple(dm.value_range) if dm.value_range is not None else None
+    return len(dm.data_shape) == 3 and value_range == (0.0, 1.0) and dm.binarize == "none"
+
+
+class Likelihood(nn.Module):
+    """Base class: subclasses set `params_per_channel` and `discrete` and define the distribution."""
+
+    params_per_channel: int = 1
+    discrete: bool = False
+    dequantize: bool = False
+
+    def param_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The decoder's output shape (without batch) for data of shape `(C, *rest)`."""
+        return (self.params_per_channel * data_shape[0], *data_shape[1:])
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`(B, P*C, *rest)` -> P tensors of shape `(B, C, *rest)`."""
+        return params.unflatten(1, (self.params_per_channel, -1)).unbind(1)
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return x
+
+    def check(self, dm) -> None:
+        """Accept any data; subclasses refuse what they cannot model."""
+
+    def describe(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} must define describe()")
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define log_prob()")
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define mean()")
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define sample()")
+
+
+class Bernoulli(Likelihood):
+    """Independent Bernoulli per pixel with logits; for binarized images (values in {0, 1})."""
+
+    params_per_channel = 1
+    discrete = True
+
+    def check(self, dm) -> None:
+        if dm.binarize == "none":
+            raise ConfigError(
+                f"the Bernoulli likelihood needs binary data but {dm.dataset_name} has binarize='none'; "
+                "set the data's binarize to 'dynamic' (or 'threshold'), or use DiscretizedLogistic for 8-bit images"
+            )
+
+    def describe(self) -> str:
+        return "Bernoulli(logits) per pixel: an exact probability of each binary image; bits/dim = nll / (D ln 2)"
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        log_px = -F.binary_cross_entropy_with_logits(params, x, reduction="none")
+        return log_px.flatten(1).sum(1)  # (B, C, H, W) -> (B,)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(params), generator=generator)
+
+
+class Gaussian(Likelihood):
+    """Diagonal Gaussian N(x; mu, sigma^2) for continuous data.
+
+    `std=None`: the decoder outputs a mean and a log-std per dimension (P = 2); the log-std
+    has a smooth floor at log(min_std), because the density of a continuous x is unbounded as
+    sigma -> 0. `std=<float>`: the decoder outputs the mean only (P = 1) and one global std,
+    fixed, or learned from that start when `learn_std`.
+
+    `dequantize=True` is for 8-bit images in [0, 1]: x = k/255 becomes (k + u)/256 with
+    u ~ U[0, 1) at every evaluation (training, validation and test), so the density is a
+    density of dequantized data and `(nll + D ln 256) / (D ln 2)` bounds the discrete
+    model's bits/dim (Theis et al. 2016). Without it (GMM points) bits/dim does not apply.
+    """
+
+    discrete = False
+
+    def __init__(self, std: float | None = None, learn_std: bool = False, min_std: float = 1e-3, dequantize: bool = False):
+        super().__init__()
+        if std is not None and std <= 0:
+            raise ConfigError(f"Gaussian std must be > 0, got {std}; or set std: null to let the decoder output it")
+        if min_std <= 0:
+            raise ConfigError(f"Gaussian min_std must be > 0, got {min_std}")
+        if learn_std and std is None:
+            raise ConfigError("learn_std=true needs a global starting std; set std (e.g. 0.1) or learn_std: false")
+        self.params_per_channel = 2 if std is None else 1
+        self.min_log_std = math.log(min_std)
+        self.dequantize = dequantize
+        self.global_log_std = None if std is None else nn.Parameter(torch.tensor(math.log(std)), requires_grad=learn_std)
+
+    def check(self, dm) -> None:
+        if self.dequantize and not _is_8bit_image_in_unit_range(dm):
+            raise ConfigError(
+                f"Gaussian(dequantize=True) needs 8-bit images in [0, 1] (binarize='none', value_range '0,1') but "
+                f"{dm.dataset_name} has shape {tuple(dm.data_shape)}, binarize={dm.binarize!r}, value_range={dm.value_range}; "
+                "set dequantize: false"
+            )
+
+    def describe(self) -> str:
+        std = "per-dimension std from the decoder" if self.global_log_std is None else "one global std"
+        deq = "; 8-bit data uniformly dequantized: x = (k + u)/256" if self.dequantize else ""
+        return f"Gaussian density with {std} (floor {math.exp(self.min_log_std):g}){deq}"
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.dequantize:
+            return x
+        u = torch.rand(x.shape, device=x.device, generator=generator)
+        return (x * 255.0 + u) / 256.0  # k/255 -> (k + u)/256
+
+    def mean_and_log_std(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.global_log_std is not None:
+            return params, self.global_log_std.expand_as(params)
+        mu, raw_log_std = self.split(params)
+        return mu, self.min_log_std + F.softplus(raw_log_std - self.min_log_std)  # smooth floor at log(min_std)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mu, log_std = self.mean_and_log_std(params)
+        log_px = -0.5 * ((x - mu) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        return log_px.flatten(1).sum(1)  # (B, *data_shape) -> (B,)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self.mean_and_log_std(params)[0]
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mu, log_std = self.mean_and_log_std(params)
+        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        return mu + log_std.exp() * eps
+
+
+class DiscretizedLogistic(Likelihood):
+    """One logistic per subpixel, integrated over 256 bins (Salimans et al. 2017, PixelCNN++ eq. 2).
+
+    For x = k/255 in [0, 1], with bin half-width h = 1/510 and s = exp(log_scale):
+      P(k) = sigmoid((x - mu + h)/s) - sigmoid((x - mu - h)/s)   for 0 < k < 255,
+      P(0) = sigmoid((h - mu)/s),  P(255) = 1 - sigmoid((1 - h - mu)/s),
+    so the 256 probabilities of a subpixel sum to 1. With a = (x - mu + h)/s > b = (x - mu - h)/s,
+      log(sigmoid(a) - sigmoid(b)) = log sigmoid(a) + log sigmoid(-b) + log(1 - exp(b - a)),
+    each term stable in float32, so no fallback to the density at the bin centre is needed.
+    The decoder outputs mu and log_scale per subpixel (P = 2); log_scale is clamped at -7 as in
+    PixelCNN++.
+    """
+
+    params_per_channel = 2
+    discrete = True
+    num_bins = 256
+    min_log_scale = -7.0
+
+    def check(self, dm) -> None:
+        if not _is_8bit_image_in_unit_range(dm):
+            raise ConfigError(
+                f"DiscretizedLogistic needs 8-bit images in [0, 1] (binarize='none', value_range '0,1') but "
+                f"{dm.dataset_name} has shape {tuple(dm.data_shape)}, binarize={dm.binarize!r}, value_range={dm.value_range}; "
+                "set the data's binarize: none and value_range: '0,1', or use Bernoulli for binarized images"
+            )
+
+    def describe(self) -> str:
+        return "discretized logistic per subpixel on 256 bins (Salimans et al. 2017): bits/dim = nll / (D ln 2)"
+
+    def mu_and_log_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_scale = self.split(params)
+        return mu, log_scale.clamp(min=self.min_log_scale)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mu, log_scale = self.mu_and_log_scale(params)
+        half_bin = 0.5 / (self.num_bins - 1)
+        inv_s = torch.exp(-log_scale)
+        a = (x - mu + half_bin) * inv_s  # upper edge of the bin
+        b = (x - mu - half_bin) * inv_s  # lower edge of the bin
+        log_cdf_a = -F.softplus(-a)  # log sigmoid(a): the whole mass below the upper edge, for k = 0
+        log_sf_b = -F.softplus(b)  # log(1 - sigmoid(b)): the mass above the lower edge, for k = 255
+        log_mass = log_cdf_a + log_sf_b + torch.log(-torch.expm1(b - a))
+        k = torch.round(x * (self.num_bins - 1))
+        log_px = torch.where(k <= 0, log_cdf_a, torch.where(k >= self.num_bins - 1, log_sf_b, log_mass))
+        return log_px.flatten(1).sum(1)  # (B, C, H, W) -> (B,)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.mu_and_log_scale(params)
+        return mu.clamp(0.0, 1.0)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mu, log_scale = self.mu_and_log_scale(params)
+        u = torch.rand(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator).clamp(1e-5, 1 - 1e-5)
+        x = mu + log_scale.exp() * (torch.log(u) - torch.log1p(-u))  # inverse logistic CDF
+        return (torch.round(x.clamp(0.0, 1.0) * (self.num_bins - 1)) / (self.num_bins - 1))
