@@ -35,7 +35,8 @@ def draw_samples(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`num_samples` samples (on the CPU) in batches from one seeded generator, and the labels asked for (or None)."""
     device = pl_module.device
-    labels = balanced_labels(num_samples, pl_module.num_classes, device) if getattr(pl_module, "conditional", False) else None
+    conditional = getattr(pl_module, "conditional", False)
+    labels = balanced_labels(num_samples, pl_module.num_classes, device) if conditional else None
     g = torch.Generator(device=device).manual_seed(seed)
     chunks = []
     for start in range(0, num_samples, batch_size):
@@ -74,6 +75,13 @@ def image_datamodule(trainer: L.Trainer, owner: str):
     return dm
 
 
+def check_can_sample(pl_module: L.LightningModule, owner: str) -> None:
+    if not callable(getattr(pl_module, "sample", None)):
+        raise ConfigError(
+            f"{owner} scores samples, but {type(pl_module).__name__} has no sample(); remove it from the callbacks"
+        )
+
+
 def samples_or_omit(pl_module, names: list[str], num_samples: int, batch_size: int, seed: int):
     """Samples and requested labels, or None (and the metrics omitted) when the model cannot sample."""
     try:
@@ -92,7 +100,12 @@ class ClassifierMetrics(L.Callback):
     """
 
     def __init__(
-        self, classifier_ckpt: str, num_samples: int = 10000, batch_size: int = 500, seed: int = 0, split: Split = "test"
+        self,
+        classifier_ckpt: str,
+        num_samples: int = 10000,
+        batch_size: int = 500,
+        seed: int = 0,
+        split: Split = "test",
     ):
         check_counts("ClassifierMetrics", num_samples, batch_size)
         self.classifier_ckpt, self.num_samples, self.batch_size = classifier_ckpt, num_samples, batch_size
@@ -102,17 +115,19 @@ class ClassifierMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "test":
             return
+        check_can_sample(pl_module, "ClassifierMetrics")
         dm = image_datamodule(trainer, "ClassifierMetrics")
         self.clf = clf_metrics.load_classifier(self.classifier_ckpt)
         if tuple(dm.data_shape) != self.clf.data_shape:
             raise ConfigError(
                 f"the classifier at {self.classifier_ckpt} was trained on images of shape {self.clf.data_shape} "
-                f"but the data has shape {tuple(dm.data_shape)}; use a classifier of this dataset or remove ClassifierMetrics"
+                f"but the data has shape {tuple(dm.data_shape)}; "
+                "use a classifier of this dataset or remove ClassifierMetrics"
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        names = ["test/classifier_fid", "test/classes_covered", "test/class_kl_uniform", "test/class_entropy"]
-        drawn = samples_or_omit(pl_module, names + ["test/label_accuracy"], self.num_samples, self.batch_size, self.seed)
+        names = ["classifier_fid", "classes_covered", "class_kl_uniform", "class_entropy", "label_accuracy"]
+        drawn = samples_or_omit(pl_module, [f"test/{n}" for n in names], self.num_samples, self.batch_size, self.seed)
         if drawn is None:
             return
         samples, labels = drawn
@@ -128,13 +143,14 @@ class ClassifierMetrics(L.Callback):
         self.write_conventions(pl_module, len(real))
 
     def log_label_accuracy(self, pl_module, samples: torch.Tensor, labels: torch.Tensor | None, value_range) -> None:
+        name = "test/label_accuracy"
         if labels is None:
-            omit(pl_module, ["test/label_accuracy"], "unconditional model: its samples have no requested labels")
+            omit(pl_module, [name], "unconditional model: its samples have no requested labels")
         elif pl_module.num_classes != self.clf.num_classes:
-            omit(pl_module, ["test/label_accuracy"], f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
+            omit(pl_module, [name], f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
         else:
             value = clf_metrics.label_accuracy(self.clf, samples, labels, value_range, self.batch_size)
-            pl_module.log("test/label_accuracy", value)
+            pl_module.log(name, value)
 
     def write_conventions(self, pl_module, num_real: int) -> None:
         note(
@@ -173,8 +189,11 @@ class InceptionMetrics(L.Callback):
         if not 1 <= kid_subset_size <= num_samples:
             raise ConfigError(f"kid_subset_size must be in [1, num_samples={num_samples}], got {kid_subset_size}")
         if kid_subsets < 1 or not 1 <= is_splits <= num_samples:
-            raise ConfigError(f"kid_subsets must be >= 1 and is_splits in [1, num_samples], got {kid_subsets}, {is_splits}")
-        self.inception_weights, self.num_samples, self.batch_size, self.seed = inception_weights, num_samples, batch_size, seed
+            raise ConfigError(
+                f"kid_subsets must be >= 1 and is_splits in [1, num_samples], got {kid_subsets}, {is_splits}"
+            )
+        self.inception_weights, self.num_samples, self.batch_size = inception_weights, num_samples, batch_size
+        self.seed = seed
         self.split, self.cache_dir, self.pr_k = split, cache_dir, pr_k
         self.kid_subsets, self.kid_subset_size, self.is_splits = kid_subsets, kid_subset_size, is_splits
         self.extractor = feature_extractor
@@ -182,6 +201,7 @@ class InceptionMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "test":
             return
+        check_can_sample(pl_module, "InceptionMetrics")
         dm = image_datamodule(trainer, "InceptionMetrics")
         if dm.data_shape[0] not in (1, 3):
             raise ConfigError(f"InceptionMetrics takes grey or RGB images, got {dm.data_shape[0]} channels")
@@ -196,10 +216,13 @@ class InceptionMetrics(L.Callback):
         if drawn is None:
             return
         dm, extractor = trainer.datamodule, self.extractor.to(pl_module.device)
-        fake_features, fake_logits = inc.extract(extractor, inc.to_rgb_uint8(drawn[0], dm.value_range), self.batch_size)
+        fake = inc.to_rgb_uint8(drawn[0], dm.value_range)
+        fake_features, fake_logits = inc.extract(extractor, fake, self.batch_size)
         real_features = self.real_features(dm)
         pl_module.log("test/fid", inc.frechet_inception_distance(real_features, fake_features))
-        kid = inc.kernel_inception_distance(real_features, fake_features, self.kid_subsets, self.kid_subset_size, self.seed)
+        kid = inc.kernel_inception_distance(
+            real_features, fake_features, self.kid_subsets, self.kid_subset_size, self.seed
+        )
         pl_module.log_dict({"test/kid_mean": kid[0], "test/kid_std": kid[1]})
         pr = precision_recall(real_features, fake_features, self.pr_k)
         pl_module.log_dict({f"test/{k}": v for k, v in pr.items()})
@@ -217,7 +240,8 @@ class InceptionMetrics(L.Callback):
         return inc.reference_features(self.extractor, real, key, self.cache_dir, self.batch_size)
 
     def write_conventions(self, pl_module, num_real: int) -> None:
-        source = "torch-fidelity Inception-v3 (TF-matching)" if isinstance(self.extractor, inc.InceptionV3) else type(self.extractor).__name__
+        is_inception = isinstance(self.extractor, inc.InceptionV3)
+        source = "torch-fidelity Inception-v3 (TF-matching)" if is_inception else type(self.extractor).__name__
         note(
             pl_module, "metric_conventions", "inception_metrics",
             f"{self.num_samples} samples (seed {self.seed}) vs the {num_real} images of the {self.split} split, "

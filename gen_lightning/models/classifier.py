@@ -37,6 +37,8 @@ class Classifier(L.LightningModule):
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler  # stepped once per epoch
+        self.data_info: dict = {}  # the DataModule's describe(), for metrics.json
+        self.data_range: tuple[float, float] | None = None  # range of the batches this run feeds
         # Set from the DataModule in setup() and carried by the checkpoint: (lo, hi) of the
         # data it was trained on (the default range of float inputs) and its (C, H, W).
         self.register_buffer("input_range", torch.tensor([0.0, 1.0]))
@@ -59,8 +61,11 @@ class Classifier(L.LightningModule):
             )
         if dm.value_range is None:
             raise ConfigError(f"the Classifier needs bounded images; {type(dm).__name__} has no value_range")
+        # a checkpoint restored after setup() puts back the range and shape it was trained on
         self.input_range.copy_(torch.tensor(dm.value_range, dtype=self.input_range.dtype))
         self.input_shape.copy_(torch.tensor(dm.data_shape, dtype=torch.long))
+        self.data_range = tuple(dm.value_range)
+        self.data_info = dm.describe()
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -100,7 +105,7 @@ class Classifier(L.LightningModule):
     # ---- training ---------------------------------------------------------------------
     def _loss_and_accuracy(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self(x)
+        logits = self(x, self.data_range)  # the batches' own range, even when testing on other data
         return F.cross_entropy(logits, y), (logits.argmax(dim=1) == y).float().mean()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

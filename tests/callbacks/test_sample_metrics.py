@@ -138,6 +138,11 @@ def test_a_classifier_of_other_images_is_refused(monkeypatch):
         run_test(Replay(), ClassifierMetrics("mnist.ckpt", num_samples=10))
 
 
+def test_a_module_without_sample_is_refused(pixel_classifier):
+    with pytest.raises(ConfigError, match="Classifier has no sample"):
+        run_test(pixel_classifier, ClassifierMetrics("toy.ckpt", num_samples=10))
+
+
 def test_bad_counts_are_config_errors():
     with pytest.raises(ConfigError, match="num_samples must be >= 2"):
         ClassifierMetrics("x.ckpt", num_samples=1)

@@ -55,6 +55,7 @@ def test_inputs_in_either_range_reach_the_net_in_unit_range():
     clf = Classifier(small_cnn()).eval()
     clf.bind_data(Quadrants(value_range="-1,1"))
     assert clf.value_range == (-1.0, 1.0) and clf.data_shape == (1, 8, 8)
+    assert clf.data_info["dataset"] == "Quadrants"
     x01 = torch.rand(6, 1, 8, 8)
     expected = clf.net(x01)
     assert torch.allclose(clf(x01 * 2 - 1), expected, atol=1e-6)  # default: the trained range
