@@ -6,7 +6,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch import nn
 
 from gen_lightning.data.base import ImageDataModule
 from gen_lightning.errors import ConfigError
