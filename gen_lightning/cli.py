@@ -16,14 +16,50 @@ user can fix (gen_lightning.errors.GenError) print one line, `error: ...`, and e
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
 from gen_lightning.callbacks.run_stats import FitStats, SamplingSpeed
-from gen_lightning.errors import GenError
+from gen_lightning.errors import CheckpointMismatchError, GenError
+
+# Lightning's own notices that say nothing to a gen user: modules passed to __init__ are saved
+# by checkpointing anyway (the CLI stores their class_path in hparams), and an internal deprecation.
+QUIET_WARNINGS = (
+    r"Attribute '.*' is an instance of `nn.Module` and is already saved during checkpointing",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def check_checkpoint_class(ckpt_path: str | None, model_config) -> None:
+    """Refuse a checkpoint written by another model class than the config builds.
+
+    LightningCLI would otherwise replace the config's model with the checkpoint's
+    hyperparameters, class included, and run a model the user did not ask for.
+    """
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    meta = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("gen_lightning")
+    wanted = getattr(model_config, "class_path", None)
+    if meta is not None and wanted is not None and meta["model_class"] != wanted:
+        raise CheckpointMismatchError(
+            f"{ckpt_path} holds a {meta['model_class']} but the config builds a {wanted}; "
+            "use the config that trained it (saved as config.yaml in its run directory)"
+        )
+
+
+def find_gen_error(exc: BaseException | None) -> GenError | None:
+    """The user-facing error behind `exc`, if any (jsonargparse wraps errors raised in __init__)."""
+    while exc is not None:
+        if isinstance(exc, GenError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class GenCLI(LightningCLI):
@@ -39,6 +75,12 @@ class GenCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_checkpoint_class(self.config[subcommand].get("ckpt_path"), self.config[subcommand].model)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -68,10 +110,15 @@ def main(args: ArgsType = None) -> None:
         from gen_lightning.report import main as compare_main
 
         return compare_main(argv[1:])
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     try:
         GenCLI(args=args)
-    except GenError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        user_error = find_gen_error(e)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

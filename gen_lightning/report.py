@@ -112,6 +112,8 @@ def expand(patterns: list[str]) -> list[Path]:
 
 
 def fmt(v) -> str:
+    if isinstance(v, str):  # "inf" / "nan" from metrics.json
+        return v
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if isinstance(v, float):

@@ -25,5 +25,7 @@ class GMMMetrics(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         samples = pl_module.sample(self.num_samples, generator=g)
-        for name, value in gmm_mode_metrics(samples, trainer.datamodule.gmm).items():
+        metrics = gmm_mode_metrics(samples, trainer.datamodule.gmm)
+        metrics.pop("num_modes")  # a property of the data, not of the model
+        for name, value in metrics.items():
             pl_module.log(f"test/{name}", float(value), sync_dist=False)

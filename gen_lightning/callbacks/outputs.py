@@ -20,8 +20,9 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 def _jsonable(value):
+    """Tensors become numbers; inf and nan become the strings "inf" and "nan" (JSON has no such numbers)."""
     value = value.item() if isinstance(value, torch.Tensor) else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class MetricsWriter(L.Callback):
@@ -48,10 +49,12 @@ class MetricsWriter(L.Callback):
             "conventions": getattr(pl_module, "metric_conventions", {}),
             "training": getattr(pl_module, "fit_stats", {}),
             "sampling": getattr(pl_module, "sampling_conditions", {}),
+            "extra": getattr(pl_module, "extra_report", {}),  # e.g. the class histogram of samples
             "num_parameters": sum(p.numel() for p in pl_module.parameters()),
         }
         if trainer.logger is not None:
-            trainer.logger.log_hyperparams(dict(pl_module.hparams), {k: v for k, v in metrics.items() if v is not None})
+            finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            trainer.logger.log_hyperparams(dict(pl_module.hparams), finite)
         if not trainer.is_global_zero:
             return
         self.path = run_dir(trainer) / self.filename

@@ -66,7 +66,7 @@ class FitStats(L.Callback):
         self.train_seconds += time.perf_counter() - self.batch_start
         n = batch[0].shape[0] if isinstance(batch, (tuple, list)) else len(batch)
         self.images += n * trainer.world_size
-        self.batch_size = n
+        self.batch_size = max(self.batch_size, n)  # the configured size, not a short last batch
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/") and not key.endswith("_epoch") and value.numel() == 1:
                 self.history.setdefault(key.removesuffix("_step"), []).append(float(value))

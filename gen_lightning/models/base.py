@@ -56,6 +56,7 @@ class GenerativeModel(L.LightningModule):
         self.fit_stats: dict = {}  # stability and speed of the fit (callbacks.run_stats.FitStats)
         self.omitted_metrics: dict[str, str] = {}  # metric -> why it does not apply; never logged as 0
         self.metric_conventions: dict[str, str] = {}  # binarization, dequantization, likelihood
+        self.extra_report: dict = {}  # further results for metrics.json, e.g. a class histogram
         self.sampling_conditions: dict = {}  # device, dtype, batch of the sampling speed (SamplingSpeed)
         self._rng_to_restore: dict | None = None
 

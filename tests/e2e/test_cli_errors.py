@@ -1,0 +1,84 @@
+"""Bad input gets one clear line naming the bad value and the fix, and `gen` exits 2."""
+
+import json
+
+import pytest
+import torch
+from conftest import CONFIGS
+
+from gen_lightning.cli import main
+from gen_lightning.errors import CheckpointMismatchError
+from gen_lightning.likelihoods import Gaussian
+from gen_lightning.models.vae import VAE
+from gen_lightning.nets.mlp import MLP
+
+GMM = str(CONFIGS / "vae_gmm.yaml")
+TINY = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--data.init_args.n_train", "512"]
+
+
+def run_error(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def one_line_error(capsys, args: list[str]) -> str:
+    """The one `error: ...` line (Lightning's own progress and info lines may precede it)."""
+    err = run_error(capsys, args)
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_unknown_class_path(workdir, capsys):
+    err = run_error(capsys, ["fit", "--config", GMM, "--model.init_args.encoder", "gen_lightning.nets.mlp.NoSuchNet"])
+    assert "NoSuchNet" in err
+
+
+def test_unknown_model_class_path(workdir, capsys):
+    err = run_error(capsys, ["fit", "--config", GMM, "--model", "gen_lightning.models.vae.NoSuchModel"])
+    assert "NoSuchModel" in err
+
+
+def test_missing_mnist_root_offline(workdir, capsys):
+    missing = workdir / "no_data_here"
+    data = json.dumps({"class_path": "gen_lightning.data.MNISTDataModule", "init_args": {"root": str(missing)}})
+    err = one_line_error(capsys, ["fit", "--config", GMM, "--data", data, "--trainer.max_steps", "1"])
+    assert str(missing) in err and "download" in err
+
+
+def test_model_shapes_that_do_not_fit_the_data(workdir, capsys):
+    # an encoder built for 3-D inputs on 2-D GMM data
+    err = one_line_error(capsys, ["fit", "--config", GMM, *TINY, "--model.init_args.encoder.init_args.in_shape", "[3]"])
+    assert "(2,)" in err or "[2]" in err or "shape" in err
+
+
+def test_negative_learning_rate(workdir, capsys):
+    err = one_line_error(capsys, ["fit", "--config", GMM, *TINY, "--model.init_args.optimizer.init_args.lr", "-0.001"])
+    assert "-0.001" in err and "model.optimizer.init_args" in err
+
+
+def test_empty_dataset(workdir, capsys):
+    err = one_line_error(capsys, ["fit", "--config", GMM, "--data.init_args.n_train", "0"])
+    assert "n_train" in err and "0" in err
+
+
+def test_checkpoint_from_another_model(workdir, capsys):
+    main(["fit", "--config", GMM, *TINY])
+    ckpt = torch.load(workdir / "checkpoints" / "vae_gmm" / "last.ckpt", weights_only=True)
+    ckpt["gen_lightning"]["model_class"] = "gen_lightning.models.gan.GAN"  # as a GAN run would have written it
+    torch.save(ckpt, workdir / "other.ckpt")
+    err = one_line_error(capsys, ["test", "--config", GMM, *TINY, "--ckpt_path", str(workdir / "other.ckpt")])
+    assert "gen_lightning.models.gan.GAN" in err and "gen_lightning.models.vae.VAE" in err and "config" in err
+
+
+def test_weights_that_do_not_fit_the_model(workdir):
+    """Outside the CLI (which rebuilds the model from the checkpoint's hparams), load_state_dict says what is wrong."""
+    main(["fit", "--config", GMM, *TINY])
+    ckpt = torch.load(workdir / "checkpoints" / "vae_gmm" / "last.ckpt", weights_only=True)
+    narrow = MLP(in_shape=[2], out_shape=[4], hidden=[64])
+    model = VAE(narrow, MLP(in_shape=[2], out_shape=[4], hidden=[64]), Gaussian(), latent_dim=2)
+    with pytest.raises(CheckpointMismatchError, match="weights do not fit VAE"):
+        model.load_state_dict(ckpt["state_dict"])
