@@ -1,0 +1,305 @@
+"""Variational autoencoder (Kingma & Welling 2014), tested with the IWAE bound (Burda et al. 2016).
+
+The encoder maps x to the mean and log-variance of q(z | x) = N(mu, diag exp(logvar)), the
+decoder maps z to the parameters of p(x | z), and the injected `Likelihood` turns those into
+log p(x | z) (Bernoulli for binarized images, DiscretizedLogistic for 8-bit images, Gaussian for
+continuous data). Training maximizes the ELBO
+
+  log p(x) >= E_q[log p(x | z)] - KL(q(z | x) || N(0, I)),
+
+with the KL weighted by beta_t = beta * min(1, step / kl_warmup_steps) (linear warm-up).
+Validation reports the negative ELBO with beta = 1 (`val/loss`, nats); test adds the
+importance-weighted estimate of -log p(x) with k = iw_samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from gen_lightning import losses
+from gen_lightning.errors import ConfigError
+from gen_lightning.likelihoods import Likelihood
+from gen_lightning.models.base import GenerativeModel
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Run `module` in eval mode (no BatchNorm statistics updated, no dropout), then restore its mode."""
+    was_training = module.training
+    module.train(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def _check_hparams(latent_dim: int, beta: float, kl_warmup_steps: int, iw_samples: int, iw_chunk: int, sample_mode: str):
+    checks = [
+        (latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}"),
+        (beta >= 0, f"beta must be >= 0, got {beta}; beta = 1 is the ELBO"),
+        (kl_warmup_steps >= 0, f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}; 0 turns the warm-up off"),
+        (iw_samples >= 1, f"iw_samples must be >= 1, got {iw_samples}; 1 gives the ELBO, Burda et al. use 5000"),
+        (iw_chunk >= 1, f"iw_chunk must be >= 1, got {iw_chunk}; it is the number of z per example in one decoder pass"),
+        (sample_mode in ("mean", "sample"), f"sample_mode must be 'mean' or 'sample', got {sample_mode!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+class VAE(GenerativeModel):
+    """A VAE with injected encoder, decoder, likelihood and optimizer.
+
+    `encoder`: `(B, *data_shape) -> (B, 2*latent_dim)` (mean, then log-variance).
+    `decoder`: `(B, latent_dim) -> (B, *likelihood.param_shape(data_shape))`.
+    `iw_chunk`: latent samples per example in one decoder pass of the IWAE estimate, so that
+    pass sees `iw_chunk * batch_size` latents; lower it when the test step runs out of memory.
+    `sample_mode`: show the likelihood's mean (sharp, the usual VAE figure) or a draw from it.
+    `scheduler`: an optional learning-rate schedule, stepped once per epoch.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        latent_dim: int,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        iw_samples: int = 1000,
+        iw_chunk: int = 100,
+        sample_mode: Literal["mean", "sample"] = "mean",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        _check_hparams(latent_dim, beta, kl_warmup_steps, iw_samples, iw_chunk, sample_mode)
+        self.save_hyperparameters()
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.latent_dim, self.beta, self.kl_warmup_steps = latent_dim, beta, kl_warmup_steps
+        self.iw_samples, self.iw_chunk, self.sample_mode = iw_samples, iw_chunk, sample_mode
+        self.optimizer_callable = optimizer
+        self.scheduler_callable = scheduler  # stepped once per epoch
+        self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
+        self.omitted_metrics: dict[str, str] = {}
+        self.metric_conventions: dict[str, str] = {}
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """The likelihood must fit the data, and the nets' shapes must fit both."""
+        self.likelihood.check(dm)
+        data_shape = tuple(dm.data_shape)
+        x = torch.zeros(2, *data_shape, device=self.device)
+        h = self._probe(self.encoder, x, f"the encoder cannot read data of shape {_shape(data_shape)}",
+                        "set the encoder's in_shape/in_channels/image_size to the data's shape")
+        if tuple(h.shape[1:]) != (2 * self.latent_dim,):
+            raise ConfigError(
+                f"the encoder outputs {_shape(h.shape[1:])} but latent_dim={self.latent_dim} needs "
+                f"{_shape((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
+            )
+        z = torch.zeros(2, self.latent_dim, device=self.device)
+        params = self._probe(self.decoder, z, f"the decoder cannot read latents of shape {_shape((self.latent_dim,))}",
+                             f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
+        need = self.likelihood.param_shape(data_shape)
+        if tuple(params.shape[1:]) != need:
+            raise ConfigError(
+                f"the decoder outputs {_shape(params.shape[1:])} but {type(self.likelihood).__name__} needs {_shape(need)} "
+                f"for data of shape {data_shape}; set the decoder's out_shape/out_channels/image_size"
+            )
+
+    @staticmethod
+    @torch.no_grad()
+    def _probe(net: nn.Module, x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
+        """One dummy forward pass in eval mode, its failure turned into one ConfigError."""
+        try:
+            with _eval_mode(net):
+                return net(x)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        self.data_has_density = callable(getattr(dm, "log_prob", None))
+        # callbacks set up before the model may have added entries of their own: update, never replace
+        self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
+        self.metric_conventions.update(self._metric_conventions())
+
+    def _bpd_omitted_reason(self) -> str | None:
+        """Why bits/dim does not apply to this data and likelihood, or None when it does."""
+        if len(self.data_shape) != 3:
+            return f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
+        if not (self.likelihood.discrete or self.likelihood.dequantize):
+            return (
+                f"{type(self.likelihood).__name__} is a density on images that are not dequantized, so its NLL is "
+                "not a bound on the 8-bit data's; set the likelihood's dequantize: true"
+            )
+        return None
+
+    def _omitted_metrics(self, dataset_name: str) -> dict[str, str]:
+        omitted = {}
+        bpd_reason = self._bpd_omitted_reason()
+        if bpd_reason is not None:
+            omitted |= {name: bpd_reason for name in ("val/bpd", "test/bpd_elbo", "test/bpd_iwae")}
+        if not self.data_has_density:
+            omitted["test/kl_data_model"] = f"{dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)"
+        return omitted
+
+    def _metric_conventions(self) -> dict[str, str]:
+        conventions = {
+            "likelihood": self.likelihood.describe(),
+            "test/nelbo_nats": "negative ELBO (beta = 1) per example in nats, one z ~ q(z|x) per example",
+            "test/nll_iwae_nats": (
+                f"-log p(x) per example in nats, importance-weighted with k={self.iw_samples} samples of q(z|x) "
+                "(Burda et al. 2016, eq. 8): an upper bound on the true NLL in expectation"
+            ),
+        }
+        if self._bpd_omitted_reason() is None:
+            d = math.prod(self.data_shape)
+            conventions["bits_per_dim"] = (
+                f"nll / (D ln 2), D = {d}" if self.likelihood.discrete
+                else f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
+            )
+        if self.data_has_density:
+            conventions["test/kl_data_model"] = (
+                "mean over test points of log p_data(x) + test NLL (IWAE): KL(data || model), an upper bound in expectation"
+            )
+        return conventions
+
+    # ---- the model --------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | x), each `(B, latent_dim)`, in float32."""
+        mu, logvar = self.encoder(x).float().chunk(2, dim=1)  # (B, 2L) -> 2 x (B, L)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Parameters of p(x | z), `(B, latent_dim) -> (B, P*C, *rest)`, in float32 (likelihood math stays float32)."""
+        return self.decoder(z).float()
+
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x | z) for one z ~ q(z | x), and KL(q(z | x) || p(z)), each `(B,)` in nats."""
+        mu, logvar = self.encode(x)
+        z = losses.reparameterize(mu, logvar, torch.randn_like(mu))
+        return self.likelihood.log_prob(self.decode(z), x), losses.gaussian_kl(mu, logvar)
+
+    def kl_weight(self, step: int) -> float:
+        """beta_t = beta * min(1, step / kl_warmup_steps); beta itself when there is no warm-up."""
+        if self.kl_warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_warmup_steps)
+
+    def iwae_log_likelihood(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The k-sample importance-weighted estimate of log p(x), `(B,)` nats, in chunks of `iw_chunk` samples."""
+        mu, logvar = self.encode(x)
+        chunks = [self._log_weights(x, mu, logvar, min(self.iw_chunk, k - start)) for start in range(0, k, self.iw_chunk)]
+        return losses.iwae_log_likelihood(torch.cat(chunks, dim=0))  # (k, B) -> (B,)
+
+    def _log_weights(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, m: int) -> torch.Tensor:
+        """log w = log p(x | z) + log p(z) - log q(z | x) for m samples z ~ q(z | x): `(m, B)`."""
+        z = losses.reparameterize(mu, logvar, torch.randn(m, *mu.shape, device=mu.device))  # (m, B, L)
+        params = self.decode(z.flatten(0, 1))  # (m, B, L) -> (m*B, L) -> (m*B, P*C, *rest)
+        x_rep = x.expand(m, *x.shape).flatten(0, 1)  # (B, *data_shape) -> (m*B, *data_shape)
+        log_px_z = self.likelihood.log_prob(params, x_rep).view(m, -1)  # (m*B,) -> (m, B)
+        return log_px_z + losses.standard_normal_log_prob(z) - losses.gaussian_log_prob(z, mu, logvar)
+
+    def log_prob(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """IWAE estimate of log p(x) per example (nats) with k samples (default iw_samples).
+
+        x is what the DataModule yields; a dequantizing likelihood evaluates one dequantized draw of it.
+        """
+        return self.iwae_log_likelihood(self.likelihood.prepare(x), k or self.iw_samples)
+
+    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
+        """NLL in nats -> bits/dim: nll/(D ln 2), plus D ln 256 for a density on dequantized [0, 1] data (DESIGN.md)."""
+        d = math.prod(self.data_shape)
+        offset = 0.0 if self.likelihood.discrete else d * math.log(256)
+        return (nll + offset) / (d * math.log(2))
+
+    # ---- training, validation and test ------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x0, _ = batch
+        x = self.likelihood.prepare(x0)
+        log_px_z, kl = self.elbo_terms(x)
+        beta_t = self.kl_weight(self.global_step)
+        loss = (-log_px_z + beta_t * kl).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/rec": -log_px_z.mean(), "train/kl": kl.mean(), "train/beta": beta_t})
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x0, _ = batch
+        x = self.likelihood.prepare(x0)
+        log_px_z, kl = self.elbo_terms(x)
+        nelbo = kl - log_px_z
+        self.log("val/loss", nelbo.mean(), prog_bar=True, batch_size=x0.shape[0])
+        if "val/bpd" not in self.omitted_metrics:
+            self.log("val/bpd", self.bits_per_dim(nelbo).mean(), batch_size=x0.shape[0])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x0, _ = batch
+        x = self.likelihood.prepare(x0)
+        log_px_z, kl = self.elbo_terms(x)
+        nelbo = kl - log_px_z
+        nll_iwae = -self.iwae_log_likelihood(x, self.iw_samples)
+        metrics = {"test/nelbo_nats": nelbo, "test/nll_iwae_nats": nll_iwae}
+        if "test/bpd_iwae" not in self.omitted_metrics:
+            metrics |= {"test/bpd_elbo": self.bits_per_dim(nelbo), "test/bpd_iwae": self.bits_per_dim(nll_iwae)}
+        if self.data_has_density:
+            log_p_data = self.trainer.datamodule.log_prob(x0).to(nll_iwae)
+            metrics["test/kl_data_model"] = log_p_data + nll_iwae  # log p_data(x) - log p_model(x)
+        self.log_dict({name: value.mean() for name, value in metrics.items()}, batch_size=x0.shape[0])
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
+        if self.scheduler_callable is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+
+    # ---- sampling -----------------------------------------------------------------------
+    def _observe(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Decoder parameters -> what is shown: the likelihood's mean or a draw, in the data's range."""
+        if self.sample_mode == "mean":
+            x = self.likelihood.mean(params)
+        else:
+            x = self.likelihood.sample(params, generator=generator)
+        return x if self.value_range is None else x.clamp(*self.value_range)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples `(n, *data_shape)`: z ~ N(0, I) drawn with `generator`, decoded in eval mode."""
+        self.check_labels(labels)
+        if n < 1:
+            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        z = torch.randn(n, self.latent_dim, device=self.device, generator=generator)
+        with _eval_mode(self):
+            params = self.decode(z)
+        return self._observe(params, generator)
+
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decode the straight line between the posterior means of x_a[i] and x_b[i]: `(B*steps, *data_shape)`.
+
+        Row i of the grid (steps images) goes from x_a[i] to x_b[i].
+        """
+        if x_a.shape != x_b.shape:
+            raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
+        if steps < 2:
+            raise ConfigError(f"interpolation steps must be >= 2 (both end points), got {steps}")
+        with _eval_mode(self):
+            mu_a, _ = self.encode(x_a.to(self.device))
+            mu_b, _ = self.encode(x_b.to(self.device))
+            t = torch.linspace(0.0, 1.0, steps, device=mu_a.device)[None, :, None]  # (1, steps, 1)
+            z = (1 - t) * mu_a[:, None] + t * mu_b[:, None]  # (B, 1, L) -> (B, steps, L)
+            params = self.decode(z.flatten(0, 1))  # (B, steps, L) -> (B*steps, L) -> (B*steps, P*C, *rest)
+        return self._observe(params, None)
