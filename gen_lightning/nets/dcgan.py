@@ -1,0 +1,122 @@
+"""DCGAN generator and discriminator (Radford et al. 2016) for 28x28, 32x32 and 64x64 images.
+
+Generator: z (+ label embedding) -> ConvTranspose to (C0, s, s) -> [ConvTranspose stride 2,
+BatchNorm, ReLU] ... -> ConvTranspose to the image -> tanh, so samples lie in [-1, 1].
+Discriminator: [strided Conv, norm, LeakyReLU(0.2)] ... with no norm after the first conv,
+then a linear score of the flattened features (a projection head when conditional). Weights
+start from N(0, 0.02) as in the paper (sec. 4). Spectral normalization (Miyato et al. 2018)
+and layer norm are options of the discriminator; WGAN-GP needs a discriminator without
+BatchNorm, since its gradient penalty is per example.
+
+Feature maps by image size, with width w:
+  28: G 7x7x2w -> 14x14xw -> 28x28xC;       D 28 -> 14x14xw -> 7x7x2w
+  32: G 4x4x4w -> 8 -> 16 -> 32x32xC;        D 32 -> 16x16xw -> 8x8x2w -> 4x4x4w
+  64: G 4x4x8w -> 8 -> 16 -> 32 -> 64x64xC;  D 64 -> 32x32xw -> ... -> 4x4x8w
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as sn
+
+from gen_lightning.errors import ConfigError
+from gen_lightning.nets.conditioning import LabelConcat, ProjectionHead
+
+ImageSize = Literal[28, 32, 64]
+START_SIZE = {28: 7, 32: 4, 64: 4}  # side of the smallest feature map
+UPSAMPLINGS = {28: 2, 32: 3, 64: 4}  # stride-2 layers between it and the image
+
+
+def _check(image_size: int, channels: int, width: int) -> None:
+    if image_size not in START_SIZE:
+        raise ConfigError(f"DCGAN image_size must be one of {sorted(START_SIZE)}, got {image_size}")
+    if channels < 1 or width < 1:
+        raise ConfigError(f"DCGAN channels and width must be >= 1, got {channels} and {width}")
+
+
+def _dcgan_init(module: nn.Module) -> nn.Module:
+    """N(0, 0.02) weights for (transposed) convolutions, N(1, 0.02) scales for norms (Radford et al. 2016, sec. 4)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+    return module
+
+
+class DCGANGenerator(nn.Module):
+    """`z (B, latent_dim), labels (B,) or None -> x (B, channels, image_size, image_size)` in [-1, 1]."""
+
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        channels: int = 1,
+        image_size: ImageSize = 28,
+        width: int = 64,
+        num_classes: int | None = None,
+        embed_dim: int = 50,
+    ):
+        super().__init__()
+        _check(image_size, channels, width)
+        if latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.latent_dim, self.num_classes = latent_dim, num_classes
+        self.condition = LabelConcat(num_classes, embed_dim)
+        k = UPSAMPLINGS[image_size]
+        widths = [width * 2**i for i in reversed(range(k))]  # e.g. [4w, 2w, w] for 32x32
+        layers = [nn.ConvTranspose2d(latent_dim + self.condition.extra_dim, widths[0], START_SIZE[image_size], 1, 0, bias=False),
+                  nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers).apply(_dcgan_init)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.condition(z, labels)  # (B, L) -> (B, L + E)
+        return self.net(h[:, :, None, None])  # (B, L + E) -> (B, L + E, 1, 1) -> (B, C, H, W)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)  # one group: normalizes each example over (C, H, W)
+    return nn.Identity()
+
+
+class DCGANDiscriminator(nn.Module):
+    """`x (B, channels, image_size, image_size), labels (B,) or None -> logit (B,)`."""
+
+    def __init__(
+        self,
+        channels: int = 1,
+        image_size: ImageSize = 28,
+        width: int = 64,
+        norm: Literal["batch", "layer", "none"] = "batch",
+        spectral_norm: bool = False,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        _check(image_size, channels, width)
+        if norm not in ("batch", "layer", "none"):
+            raise ConfigError(f"DCGAN discriminator norm must be 'batch', 'layer' or 'none', got {norm!r}")
+        self.num_classes = num_classes
+
+        def conv(c_in: int, c_out: int) -> nn.Module:
+            layer = _dcgan_init(nn.Conv2d(c_in, c_out, 4, 2, 1))
+            return sn(layer) if spectral_norm else layer
+
+        k = UPSAMPLINGS[image_size]
+        widths = [width * 2**i for i in range(k)]  # e.g. [w, 2w, 4w] for 32x32
+        layers = [conv(channels, widths[0]), nn.LeakyReLU(0.2)]  # no norm on the first layer (Radford et al. 2016)
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [conv(w_in, w_out), _dcgan_init(_norm(norm, w_out)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.head = ProjectionHead(widths[-1] * START_SIZE[image_size] ** 2, num_classes, spectral_norm)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        phi = self.features(x).flatten(1)  # (B, C, H, W) -> (B, C', s, s) -> (B, C'*s*s)
+        return self.head(phi, labels)
