@@ -100,7 +100,10 @@ class VAE(GenerativeModel):
     def check_data(self, dm) -> None:
         """The likelihood must fit the data, and the nets' shapes must fit both."""
         self.likelihood.check(dm)
-        data_shape = tuple(dm.data_shape)
+        self._check_encoder(tuple(dm.data_shape))
+        self._check_decoder(tuple(dm.data_shape))
+
+    def _check_encoder(self, data_shape: tuple[int, ...]) -> None:
         x = torch.zeros(2, *data_shape, device=self.device)
         h = self._probe(self.encoder, x, f"the encoder cannot read data of shape {_shape(data_shape)}",
                         "set the encoder's in_shape/in_channels/image_size to the data's shape")
@@ -109,6 +112,8 @@ class VAE(GenerativeModel):
                 f"the encoder outputs {_shape(h.shape[1:])} but latent_dim={self.latent_dim} needs "
                 f"{_shape((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
             )
+
+    def _check_decoder(self, data_shape: tuple[int, ...]) -> None:
         z = torch.zeros(2, self.latent_dim, device=self.device)
         params = self._probe(self.decoder, z, f"the decoder cannot read latents of shape {_shape((self.latent_dim,))}",
                              f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
