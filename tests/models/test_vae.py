@@ -240,3 +240,42 @@ def test_fit_and_test_on_images_log_bits_per_dim():
     assert {"val/loss", "val/bpd", "test/nelbo_nats", "test/nll_iwae_nats", "test/bpd_elbo", "test/bpd_iwae"} <= set(metrics)
     assert "test/kl_data_model" not in metrics
     assert metrics["test/bpd_iwae"] == pytest.approx(metrics["test/nll_iwae_nats"] / (16 * math.log(2)), rel=1e-5)
+
+
+def test_scheduler_is_stepped_per_epoch_and_callback_notes_survive_setup():
+    from functools import partial
+
+    model = tiny_vae(scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))
+    config = model.configure_optimizers()
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert isinstance(tiny_vae().configure_optimizers(), torch.optim.Adam)
+    model.omitted_metrics["test/fid"] = "set by a callback before the model's setup"
+    bound(model, TinyImages())
+    assert {"test/fid", "test/kl_data_model"} <= set(model.omitted_metrics)
+
+
+# ---- the networks the configs inject -------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [[8], [8, 16], [8, 16, 32]])
+def test_conv_decoder_mirrors_the_encoder_to_the_exact_size(image_size, channels):
+    encoder = ConvEncoder(3, image_size, channels, out_features=10, norm="group")
+    decoder = ConvDecoder(5, 6, image_size, channels, norm="batch", out_activation="tanh")
+    h = encoder(torch.randn(2, 3, image_size, image_size))
+    x = decoder(h[:, :5])
+    assert h.shape == (2, 10) and x.shape == (2, 6, image_size, image_size)
+    assert x.abs().max() <= 1  # tanh output for a GAN generator
+
+
+def test_mlp_reshapes_and_refuses_bad_shapes():
+    net = MLP([1, 4, 4], [2, 3], hidden=[8, 8], activation="silu")
+    assert net(torch.randn(5, 1, 4, 4)).shape == (5, 2, 3)
+    assert MLP([3], [1, 2, 2], hidden=[]).net[0].in_features == 3  # no hidden layer: one Linear
+    with pytest.raises(ValueError, match=r"expects input \(B, 1, 4, 4\)"):
+        net(torch.randn(5, 16))
+    with pytest.raises(ConfigError, match="hidden must hold sizes >= 1"):
+        MLP([2], [2], hidden=[0])
+    with pytest.raises(ConfigError, match="too small for 4 stride-2 layers"):
+        ConvEncoder(1, 8, [4, 4, 4, 4], 2)
