@@ -69,6 +69,8 @@ class VAE(GenerativeModel):
     `scheduler`: an optional learning-rate schedule, stepped once per epoch.
     """
 
+    network_evaluations_per_sample = 1  # one decoder pass
+
     def __init__(
         self,
         encoder: nn.Module,
