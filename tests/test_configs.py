@@ -29,3 +29,16 @@ def test_config_writes_last_checkpoint_every_epoch(config):
     checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
     assert any(c.get("filename") == "last" and c.get("monitor") is None for c in checkpoints), config.name
     assert all(c.get("dirpath") == f"checkpoints/{config.stem}" for c in checkpoints), config.name
+
+
+def test_stacked_configs_override_in_order(tmp_path, capsys, monkeypatch):
+    """`--config base.yaml --config override.yaml` as in LightningCLI: the later file wins, the rest stays."""
+    monkeypatch.setattr(sys, "argv", ["gen"])
+    override = tmp_path / "short.yaml"
+    override.write_text("trainer:\n  max_epochs: 3\nmodel:\n  init_args:\n    beta: 0.5\n")
+    base = next(c for c in CONFIGS if c.stem == "vae_gmm")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(base), "--config", str(override), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 3 and printed["model"]["init_args"]["beta"] == 0.5
+    assert printed["model"]["init_args"]["latent_dim"] == yaml.safe_load(base.read_text())["model"]["init_args"]["latent_dim"]
