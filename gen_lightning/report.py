@@ -35,7 +35,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 LOWER_IS_BETTER = ("fid", "kid", "kl", "nll", "bpd", "nelbo", "ms_per", "cv", "nonfinite", "loss", "seconds")
-HIGHER_IS_BETTER = ("acc", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered")
+HIGHER_IS_BETTER = ("acc", "entropy", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered")
 RADAR_AXES = {
     "quality": ("classifier_fid", "fid", "reverse_kl_modes", "kl_data_model", "nll_iwae_nats", "bpd_iwae", "high_quality_fraction"),
     "stability": ("loss_cv_tail", "g_loss_cv_tail", "d_loss_cv_tail"),
@@ -83,11 +83,14 @@ def load_run(path: Path) -> Run:
     report = json.loads((path / "metrics.json").read_text())
     fit_dir = report.get("trained", {}).get("fit_log_dir")
     fit_dir = Path(fit_dir) if fit_dir else None
+    if fit_dir is not None and not fit_dir.is_absolute() and not fit_dir.is_dir():
+        # relative to where `gen fit` ran: the folder holding lightning_logs/<name>/version_N
+        fit_dir = path.resolve().parents[2] / fit_dir
     grids = sorted((fit_dir / "samples").glob("*.png")) if fit_dir and (fit_dir / "samples").is_dir() else []
     training = report.get("training", {})
     stability = training.get("stability", {})
     metrics = {k.removeprefix("test/"): v for k, v in report["metrics"].items()}
-    metrics.update({k: v for k, v in stability.items() if k.endswith("_cv_tail")})
+    metrics.update({k: v for k, v in stability.items() if k.endswith("_cv_tail") and "loss" in k})  # loss stability only
     speed = training.get("speed", {})
     metrics["train_images_per_second"] = speed.get("train_images_per_second")
     info = {
