@@ -46,3 +46,77 @@ def iwae_log_likelihood(log_w: torch.Tensor) -> torch.Tensor:
     L_K = log (1/K) sum_k w_k (Burda et al. 2016, eq. 8), computed with logsumexp.
     """
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+# ---- adversarial losses (Goodfellow et al. 2014; Miyato et al. 2018; Gulrajani et al. 2017; Mescheder et al. 2018)
+#
+# Unlike the terms above, each of these returns a scalar: the mean over the batch. `real` and
+# `fake` are the discriminator's raw outputs (logits, or critic values for WGAN), shape (B,).
+
+
+def d_loss_bce(real: torch.Tensor, fake: torch.Tensor, real_target: float = 1.0) -> torch.Tensor:
+    """-log D(x) - log(1 - D(G(z))) with D = sigmoid(logit) (Goodfellow et al. 2014, eq. 1).
+
+    `real_target` < 1 is one-sided label smoothing (Salimans et al. 2016): the real target becomes
+    e.g. 0.9 and the fake target stays 0.
+    """
+    real_term = torch.nn.functional.binary_cross_entropy_with_logits(real, real_target * torch.ones_like(real))
+    fake_term = torch.nn.functional.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    return real_term + fake_term
+
+
+def g_loss_bce(fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def d_loss_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (the hinge loss of Miyato et al. 2018)."""
+    return torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean()
+
+
+def g_loss_hinge(fake: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))]."""
+    return -fake.mean()
+
+
+def d_loss_wgan(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """E[D(G(z))] - E[D(x)]: the critic maximizes the Wasserstein-1 dual (Gulrajani et al. 2017, alg. 1)."""
+    return fake.mean() - real.mean()
+
+
+def g_loss_wgan(fake: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))]."""
+    return -fake.mean()
+
+
+def _critic_output(critic, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    return critic(x) if labels is None else critic(x, labels)
+
+
+def _per_example_grad(critic, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """d critic(x_i) / d x_i for every example, flattened: `(B, *shape) -> (B, prod(shape))`, with a graph for backprop."""
+    x = x.detach().requires_grad_(True)
+    out = _critic_output(critic, x, labels)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.flatten(1)
+
+
+def gradient_penalty(
+    critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """E[(||grad D(x_hat)|| - 1)^2] at x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per example (Gulrajani et al. 2017, eq. 3).
+
+    Multiply by the penalty weight (lambda = 10 in the paper) in the model.
+    """
+    eps = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), device=real.device, generator=generator)  # (B, 1, ...)
+    x_hat = eps * real.detach() + (1 - eps) * fake.detach()
+    grad = _per_example_grad(critic, x_hat, labels)
+    return (grad.norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+def r1_penalty(critic, real: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """E[||grad D(x)||^2] on real data; the R1 regularizer is gamma/2 times this (Mescheder et al. 2018, eq. 9)."""
+    grad = _per_example_grad(critic, real, labels)
+    return grad.pow(2).sum(1).mean()

@@ -1,8 +1,15 @@
 """Fully connected GAN networks for low-dimensional data such as 2-D Gaussian mixtures.
 
 `MLPGenerator`: z (+ label embedding) -> hidden Linear + activation layers -> x of `data_shape`,
-with a linear output (GMM data is unbounded). `MLPDiscriminator`: x -> hidden layers -> one
-logit, through a projection head when conditional (see conditioning.py).
+with a linear output (GMM data is unbounded). Its layers start from He et al. (2015) init with
+zero biases, so the first samples spread at unit scale; with PyTorch's default init every layer
+shrinks the signal, and the first samples sit on a short segment near one point, from which
+the generator unfolds slowly and tends to collapse.
+
+`MLPDiscriminator`: x -> hidden layers -> one logit, through a projection head when
+conditional (see conditioning.py). With `pack` = m > 1 it scores m samples at once, concatenated
+(PacGAN, Lin et al. 2018), which penalizes a generator that drops modes: `(B, *data_shape) ->
+(B/m,)`, so batches must divide by m.
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ def _hidden_layers(
     return nn.Sequential(*layers)
 
 
+def _he_init(body: nn.Sequential, out: nn.Linear, activation: Activation) -> None:
+    """He et al. (2015) init for the hidden layers, unit-variance fan-in init for the output, zero biases."""
+    for layer in body:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, a=0.2 if activation == "leaky_relu" else 0.0, nonlinearity=activation)
+            nn.init.zeros_(layer.bias)
+    nn.init.normal_(out.weight, 0.0, out.in_features**-0.5)
+    nn.init.zeros_(out.bias)
+
+
 class MLPGenerator(nn.Module):
     """`z (B, latent_dim), labels (B,) or None -> x (B, *data_shape)`."""
 
@@ -70,6 +87,7 @@ class MLPGenerator(nn.Module):
         self.condition = LabelConcat(num_classes, embed_dim)
         self.body = _hidden_layers(latent_dim + self.condition.extra_dim, hidden, activation, batch_norm)
         self.out = nn.Linear(int(hidden[-1]), math.prod(self.data_shape))
+        _he_init(self.body, self.out, activation)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.body(self.condition(z, labels))  # (B, L) -> (B, L + E) -> (B, hidden[-1])
@@ -85,16 +103,26 @@ class MLPDiscriminator(nn.Module):
         hidden: list[int] = [256, 256, 256, 256],
         activation: Activation = "leaky_relu",
         spectral_norm: bool = False,
+        pack: int = 1,
         num_classes: int | None = None,
     ):
         super().__init__()
         _check_widths("data_shape", data_shape)
         _check_widths("hidden", hidden)
-        self.num_classes = num_classes
+        if pack < 1:
+            raise ConfigError(f"pack must be >= 1 (samples scored together), got {pack}")
+        if pack > 1 and num_classes is not None:
+            raise ConfigError("a packed discriminator (pack > 1) takes no labels; use pack: 1 for a conditional GAN")
+        self.num_classes, self.pack = num_classes, pack
         self.data_shape = tuple(int(s) for s in data_shape)
-        self.body = _hidden_layers(math.prod(self.data_shape), hidden, activation, spectral_norm=spectral_norm)
+        self.body = _hidden_layers(pack * math.prod(self.data_shape), hidden, activation, spectral_norm=spectral_norm)
         self.head = ProjectionHead(int(hidden[-1]), num_classes, spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.body(x.flatten(1))  # (B, *data_shape) -> (B, prod(data_shape)) -> (B, hidden[-1])
-        return self.head(phi, labels)
+        if x.shape[0] % self.pack:
+            raise ConfigError(
+                f"a batch of {x.shape[0]} does not split into packs of {self.pack}; make the batch size and the "
+                "split sizes divisible by the discriminator's pack"
+            )
+        h = x.reshape(x.shape[0] // self.pack, -1)  # (B, *data_shape) -> (B/m, m*prod(data_shape))
+        return self.head(self.body(h), labels)  # (B/m, hidden[-1]) -> (B/m,)

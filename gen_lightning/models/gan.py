@@ -1,0 +1,343 @@
+"""Generative adversarial networks (Goodfellow et al. 2014), trained with manual optimization.
+
+A generator G maps z ~ N(0, I) to samples; a discriminator D scores real against generated
+samples. Each training step generates the fakes once, then `discriminator_step` updates D on
+real and detached fakes, and every `n_critic` batches `generator_step` updates G through the
+same fakes. Each player's step runs inside `toggled_optimizer`, so the other player's
+parameters get no gradients.
+
+Losses (`loss`): "bce", the non-saturating loss of Goodfellow et al. 2014, with optional
+one-sided label smoothing (`real_label` 0.9); "hinge" (Miyato et al. 2018); "wgan-gp", the
+Wasserstein critic with gradient penalty weight `gp_weight` (Gulrajani et al. 2017).
+`r1_gamma` > 0 adds the R1 penalty gamma/2 E||grad D(x)||^2 on real data (Mescheder et al. 2018)
+to any of them.
+
+`ConditionalGAN` feeds the labels to both networks (a label embedding in G, a projection
+head in D, Miyato & Koyama 2018) and samples given labels.
+
+GANs have no likelihood. `val/loss` (for ModelCheckpoint) is therefore a sample-quality proxy
+that does not depend on D: the energy distance between a validation batch and as many samples
+of G drawn with a fixed seed (metrics/two_sample.py). Lower is better, and it is zero in
+expectation only when the two distributions match. `gen test` logs the same as
+`test/energy_distance`.
+
+EMA of the generator: add `lightning.pytorch.callbacks.EMAWeightAveraging` to the callbacks,
+after SampleGrid (see `check_callbacks`). It averages the whole module, D included; only G is
+used for sampling, so the averaged D is never used for a reported number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Literal
+
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from gen_lightning import losses
+from gen_lightning.callbacks.sample_grid import SampleGrid
+from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.metrics.two_sample import energy_distance
+from gen_lightning.models.base import GenerativeModel
+
+Loss = Literal["bce", "hinge", "wgan-gp"]
+
+NO_LIKELIHOOD = "a GAN defines no density, so it has no likelihood"
+OMITTED_METRICS = {
+    "test/nll": NO_LIKELIHOOD,
+    "test/bpd": NO_LIKELIHOOD,
+    "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
+}
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Run `module` in eval mode (BatchNorm uses its running statistics), then restore its mode."""
+    was_training = module.training
+    module.train(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, r1_gamma: float, real_label: float) -> None:
+    checks = [
+        (latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}"),
+        (loss in ("bce", "hinge", "wgan-gp"), f"loss must be 'bce', 'hinge' or 'wgan-gp', got {loss!r}"),
+        (n_critic >= 1, f"n_critic must be >= 1 (discriminator steps per generator step), got {n_critic}"),
+        (gp_weight >= 0, f"gp_weight must be >= 0, got {gp_weight}"),
+        (loss != "wgan-gp" or gp_weight > 0, "loss 'wgan-gp' needs gp_weight > 0 (10 in Gulrajani et al. 2017)"),
+        (r1_gamma >= 0, f"r1_gamma must be >= 0, got {r1_gamma}; 0 turns R1 off"),
+        (0 < real_label <= 1, f"real_label must be in (0, 1], got {real_label}; 0.9 is one-sided label smoothing"),
+        (loss == "bce" or real_label == 1, f"real_label={real_label} (label smoothing) applies to loss 'bce' only, not {loss!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _check_no_batchnorm(discriminator: nn.Module) -> None:
+    """The gradient penalty is per example; BatchNorm mixes the examples of a batch (Gulrajani et al. 2017, sec. 4)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules()):
+        raise ConfigError(
+            "loss 'wgan-gp' needs a discriminator without BatchNorm (the gradient penalty is per example); "
+            "set the discriminator's norm: layer (or none)"
+        )
+
+
+class GAN(GenerativeModel):
+    """An unconditional GAN with injected networks, loss, optimizers and schedulers.
+
+    `generator`: `(B, latent_dim) -> (B, *data_shape)`; `discriminator`: `(B, *data_shape) -> (B,)`.
+    `g_optimizer`/`d_optimizer` each get their own learning rate and betas from the config;
+    `g_scheduler`/`d_scheduler` step once per epoch.
+    """
+
+    conditional = False
+    network_evaluations_per_sample = 1
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        latent_dim: int,
+        g_optimizer: OptimizerCallable = torch.optim.Adam,
+        d_optimizer: OptimizerCallable = torch.optim.Adam,
+        g_scheduler: LRSchedulerCallable | None = None,
+        d_scheduler: LRSchedulerCallable | None = None,
+        loss: Loss = "bce",
+        n_critic: int = 1,
+        gp_weight: float = 10.0,
+        r1_gamma: float = 0.0,
+        real_label: float = 1.0,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        _check_hparams(latent_dim, loss, n_critic, gp_weight, r1_gamma, real_label)
+        if loss == "wgan-gp":
+            _check_no_batchnorm(discriminator)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator, self.discriminator, self.latent_dim = generator, discriminator, latent_dim
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self.g_scheduler, self.d_scheduler = g_scheduler, d_scheduler
+        self.loss, self.n_critic, self.gp_weight, self.r1_gamma = loss, n_critic, gp_weight, r1_gamma
+        self.d_loss_fn, self.g_loss_fn = {
+            "bce": (functools.partial(losses.d_loss_bce, real_target=real_label), losses.g_loss_bce),
+            "hinge": (losses.d_loss_hinge, losses.g_loss_hinge),
+            "wgan-gp": (losses.d_loss_wgan, losses.g_loss_wgan),
+        }[loss]
+        self.omitted_metrics = dict(OMITTED_METRICS)
+        self.metric_conventions = {
+            "val/loss": "energy distance between a validation batch and as many G samples (fixed seeds), on flattened x",
+        }
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images must be in [-1, 1] (G ends in tanh), and one dummy pass of G and D must fit the data's shape."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(
+                f"a GAN generator ends in tanh, so images must be in [-1, 1], but {dm.dataset_name} yields "
+                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
+            )
+        if self.conditional and dm.num_classes is None:
+            raise ConfigError(
+                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
+                "use labeled data (MNIST, CIFAR-10) or the unconditional gen_lightning.models.gan.GAN"
+            )
+        self.check_classes(dm)
+        data_shape = tuple(dm.data_shape)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        z = torch.zeros(2, self.latent_dim, device=self.device)
+        x = self._probe(self.generator, (z, labels), f"the generator cannot read latents {_shape((self.latent_dim,))}",
+                        f"set the generator's latent_dim to {self.latent_dim}")
+        if tuple(x.shape[1:]) != data_shape:
+            raise ConfigError(
+                f"the generator outputs {_shape(x.shape[1:])} but {dm.dataset_name} has shape {_shape(data_shape)}; "
+                "set the generator's channels/image_size (DCGAN) or data_shape (MLP)"
+            )
+        pack = getattr(self.discriminator, "pack", 1)  # PacGAN: one logit per `pack` examples
+        x = torch.zeros(2 * pack, *data_shape, device=self.device)
+        logits = self._probe(self.discriminator, (x, labels),
+                             f"the discriminator cannot read data of shape {_shape(data_shape)}",
+                             "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
+        if tuple(logits.shape) != (2,):
+            raise ConfigError(f"the discriminator must output one logit per example (or pack), shape (B,); "
+                              f"got {tuple(logits.shape)} for {2 * pack} examples")
+
+    def check_classes(self, dm) -> None:
+        """The networks' num_classes must be the data's for a conditional GAN, and None otherwise."""
+        want = dm.num_classes if self.conditional else None
+        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
+            have = getattr(net, "num_classes", None)
+            if have != want:
+                fix = f"set model.init_args.{name}.init_args.num_classes: {want}" if self.conditional else (
+                    f"use gen_lightning.models.gan.ConditionalGAN, or set the {name}'s num_classes: null")
+                raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on "
+                                  f"{dm.dataset_name} needs {want}; {fix}")
+
+    @staticmethod
+    @torch.no_grad()
+    def _probe(net: nn.Module, inputs: tuple, what: str, fix: str) -> torch.Tensor:
+        """One dummy forward pass in eval mode, its failure turned into one ConfigError."""
+        x, labels = inputs
+        try:
+            with _eval_mode(net):
+                return net(x) if labels is None else net(x, labels)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
+
+    def on_fit_start(self) -> None:
+        self.check_callbacks(self.trainer.callbacks)
+
+    @staticmethod
+    def check_callbacks(callbacks: list) -> None:
+        """EMAWeightAveraging must come after SampleGrid, or the grid shows the raw generator.
+
+        Callbacks run in list order, and WeightAveraging swaps the raw weights back in its
+        on_validation_epoch_end, where SampleGrid draws.
+        """
+        averaging = [i for i, c in enumerate(callbacks) if isinstance(c, WeightAveraging)]
+        grids = [i for i, c in enumerate(callbacks) if isinstance(c, SampleGrid)]
+        if averaging and grids and min(averaging) < max(grids):
+            raise ConfigError(
+                "list EMAWeightAveraging after SampleGrid in trainer.callbacks, so that the sample grid is drawn "
+                "from the averaged generator (callbacks run in list order)"
+            )
+
+    # ---- the two players ------------------------------------------------------------------
+    def labels_of(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The labels the networks see: the batch's for a conditional GAN, none otherwise."""
+        return y if self.conditional else None
+
+    def generate(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """G(z) for z ~ N(0, I) `(n, latent_dim)`, drawn with `generator`."""
+        z = torch.randn(n, self.latent_dim, device=self.device, generator=generator)
+        return self.generator(z) if labels is None else self.generator(z, labels)
+
+    def critic(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """D's raw output (logit, or critic value for WGAN), `(B,)`."""
+        return self.discriminator(x) if labels is None else self.discriminator(x, labels)
+
+    def d_output(self, logits: torch.Tensor) -> torch.Tensor:
+        """What `train/d_real` and `train/d_fake` show: mean D(x) as a probability for BCE, raw otherwise."""
+        return (torch.sigmoid(logits) if self.loss == "bce" else logits).mean()
+
+    def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Gradient penalty (WGAN-GP) plus R1, each with its weight; zero when neither is on."""
+        total = torch.zeros((), device=real.device)
+        if self.loss == "wgan-gp":
+            total = total + self.gp_weight * losses.gradient_penalty(self.discriminator, real, fake, labels)
+        if self.r1_gamma > 0:
+            total = total + 0.5 * self.r1_gamma * losses.r1_penalty(self.discriminator, real, labels)
+        return total
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        labels = self.labels_of(y)
+        opt_g, opt_d = self.optimizers()
+        g_turn = (batch_idx + 1) % self.n_critic == 0
+        with torch.set_grad_enabled(g_turn):  # G's graph is needed only on its turn
+            fake = self.generate(x.shape[0], labels)  # built once: D sees it detached, G through it
+        self.discriminator_step(opt_d, x, fake.detach(), labels)
+        if g_turn:
+            self.generator_step(opt_g, fake, labels)
+
+    def discriminator_step(self, opt, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One update of D on real and (detached) generated samples; G is frozen."""
+        with self.toggled_optimizer(opt):
+            real_logits, fake_logits = self.critic(real, labels), self.critic(fake, labels)
+            loss = self.d_loss_fn(real_logits, fake_logits) + self.penalty(real, fake, labels)
+            grad_norm = self.update(opt, loss, self.discriminator, "discriminator")
+        self.log_dict({"train/d_loss": loss, "train/d_real": self.d_output(real_logits),
+                       "train/d_fake": self.d_output(fake_logits), "train/d_grad_norm": grad_norm})
+        return loss
+
+    def generator_step(self, opt, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One update of G through D's score of its samples; D is frozen."""
+        with self.toggled_optimizer(opt):
+            loss = self.g_loss_fn(self.critic(fake, labels))
+            grad_norm = self.update(opt, loss, self.generator, "generator")
+        self.log("train/g_loss", loss, prog_bar=True)
+        self.log("train/g_grad_norm", grad_norm)
+        return loss
+
+    def update(self, opt, loss: torch.Tensor, net: nn.Module, name: str) -> torch.Tensor:
+        """Backward and step; raises before the step when the loss or gradients are not finite."""
+        self.check_finite(loss, f"the {name} loss")
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+        self.check_finite(grad_norm, f"the {name} gradient norm")
+        opt.step()
+        return grad_norm
+
+    def check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop a diverged run before its weights change, so the last checkpoint stays the last good one."""
+        if math.isfinite(value.item()):
+            return
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
+        raise TrainingDivergedError(
+            f"{what} became {value.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
+            f"before updating the weights, and the last checkpoint{where} is the last good one. Lower the learning "
+            "rates, or try loss: hinge, r1_gamma > 0 or a spectral-norm discriminator"
+        )
+
+    def configure_optimizers(self):
+        opt_g = self.build_optimizer(self.g_optimizer, self.generator.parameters(), "g_optimizer")
+        opt_d = self.build_optimizer(self.d_optimizer, self.discriminator.parameters(), "d_optimizer")
+        schedulers = [make(opt) for make, opt in ((self.g_scheduler, opt_g), (self.d_scheduler, opt_d)) if make is not None]
+        if any(isinstance(s, ReduceLROnPlateau) for s in schedulers):
+            raise ConfigError("the GAN steps its schedulers once per epoch without a metric; use a scheduler such as "
+                              "StepLR, ExponentialLR or CosineAnnealingLR instead of ReduceLROnPlateau")
+        return [opt_g, opt_d], schedulers
+
+    def on_train_epoch_end(self) -> None:
+        for config in self.trainer.lr_scheduler_configs:  # manual optimization: Lightning leaves stepping to us
+            config.scheduler.step()
+
+    # ---- validation and test: a sample-quality proxy ------------------------------------
+    def energy_distance_to(self, batch, batch_idx: int) -> torch.Tensor:
+        """Energy distance between the batch and G samples drawn with seed `batch_idx` (and the batch's labels)."""
+        x, y = batch
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        fake = self.generate(x.shape[0], self.labels_of(y), generator=g)
+        return energy_distance(fake, x)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self.energy_distance_to(batch, batch_idx), prog_bar=True, batch_size=batch[0].shape[0])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log("test/energy_distance", self.energy_distance_to(batch, batch_idx), batch_size=batch[0].shape[0])
+
+    # ---- sampling -----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples `(n, *data_shape)` from G in eval mode, z ~ N(0, I) drawn with `generator`."""
+        self.check_labels(labels)
+        if n < 1:
+            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        if labels is not None and tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        with _eval_mode(self.generator):
+            x = self.generate(n, None if labels is None else labels.to(self.device), generator)
+        return x if self.value_range is None else x.clamp(*self.value_range)
+
+
+class ConditionalGAN(GAN):
+    """A class-conditional GAN: G(z, y) and D(x, y); the networks need `num_classes` set to the data's."""
+
+    conditional = True
