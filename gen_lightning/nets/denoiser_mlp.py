@@ -1,0 +1,63 @@
+"""A residual MLP denoiser for low-dimensional data (2-D Gaussian mixtures), conditioned on t.
+
+`forward(x (B, dim), t (B,) float, labels (B,) long | None) -> (B, dim)`.
+
+- `t` is any float conditioning, embedded sinusoidally (as in the U-Net, unet.timestep_embedding)
+  and passed through a 2-layer MLP. DDPM passes the timestep index 0..T-1 as a float; NCSN
+  passes its own noise-level scalar.
+- With `num_classes` set, labels are required and the index `num_classes` is the "no label"
+  null token for classifier-free guidance.
+- Body: Linear(dim -> hidden), then `depth` residual blocks h + W2 SiLU(W1 SiLU(h) + E emb), then
+  SiLU -> Linear(hidden -> dim) initialized at zero, so the untrained net outputs 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gen_lightning.errors import ConfigError
+from gen_lightning.nets.unet import check_labels, timestep_embedding
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int, emb_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.emb_proj = nn.Linear(emb_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.silu(self.fc1(F.silu(h)) + self.emb_proj(emb)))
+
+
+class DenoiserMLP(nn.Module):
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, time_embed_dim: int = 128, num_classes: int | None = None):
+        super().__init__()
+        if dim < 1 or hidden < 1 or depth < 1 or time_embed_dim < 2:
+            raise ConfigError(f"dim, hidden, depth must be >= 1 and time_embed_dim >= 2, got {dim}, {hidden}, {depth}, {time_embed_dim}")
+        if num_classes is not None and num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2 (or null for an unconditional net), got {num_classes}")
+        self.dim, self.time_embed_dim, self.num_classes = dim, time_embed_dim, num_classes
+        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.class_embed = nn.Embedding(num_classes + 1, hidden) if num_classes is not None else None
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_Block(hidden, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"DenoiserMLP expects (B, {self.dim}), got {tuple(x.shape)}")
+        check_labels(self.num_classes, labels, "DenoiserMLP")
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        emb = F.silu(self.time_mlp(timestep_embedding(t, self.time_embed_dim)))  # (B,) -> (B, hidden)
+        if self.class_embed is not None:
+            emb = emb + self.class_embed(labels)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(F.silu(h))
