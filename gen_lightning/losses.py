@@ -120,3 +120,18 @@ def r1_penalty(critic, real: torch.Tensor, labels: torch.Tensor | None = None) -
     """E[||grad D(x)||^2] on real data; the R1 regularizer is gamma/2 times this (Mescheder et al. 2018, eq. 9)."""
     grad = _per_example_grad(critic, real, labels)
     return grad.pow(2).sum(1).mean()
+
+
+# ---- score matching (Song & Ermon 2019; Vincent 2011) ------------------------------------------
+
+
+def dsm_loss(score, x0: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Denoising score matching at x~ = x0 + sigma z with lambda(sigma) = sigma^2, per example `(B,)` (Song & Ermon 2019, eq. 5-6).
+
+    lambda(sigma) * 1/2 ||s(x~, sigma) + (x~ - x0) / sigma^2||^2 = 1/2 ||sigma s(x~, sigma) + z||^2, summed over
+    the data dimensions. `score(x, sigma) -> (B, *shape)` with sigma `(B,)`; drawing sigma uniformly from the L
+    levels, one per example, makes the batch mean an unbiased estimate of eq. 6's average over levels.
+    """
+    sigma_b = sigma.view(-1, *([1] * (x0.ndim - 1)))  # (B,) -> (B, 1, ...)
+    x_noisy = x0 + sigma_b * z
+    return 0.5 * (sigma_b * score(x_noisy, sigma) + z).pow(2).flatten(1).sum(1)  # (B, *shape) -> (B,)
