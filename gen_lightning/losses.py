@@ -135,3 +135,29 @@ def dsm_loss(score, x0: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> t
     sigma_b = sigma.view(-1, *([1] * (x0.ndim - 1)))  # (B,) -> (B, 1, ...)
     x_noisy = x0 + sigma_b * z
     return 0.5 * (sigma_b * score(x_noisy, sigma) + z).pow(2).flatten(1).sum(1)  # (B, *shape) -> (B,)
+
+
+# ---- diffusion (Ho et al. 2020; Salimans & Ho 2022) ---------------------------------------------
+def diffusion_target(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, prediction: str) -> torch.Tensor:
+    """What the network should output at x_t = q_sample(x0, t, eps): eps, x0, or v = sqrt(ab) eps - sqrt(1 - ab) x0."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return schedule.v_target(x0, t, eps)
+    raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+
+
+def diffusion_simple_loss(
+    net, schedule, x0: torch.Tensor, t: torch.Tensor, prediction: str = "eps", labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L_simple = E ||target - net(x_t, t)||^2, averaged over every dimension (DDPM eq. 14 for eps).
+
+    eps ~ N(0, I) is drawn with `generator`; `t` (B,) are integer timesteps, passed to the net as float.
+    """
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    xt = schedule.q_sample(x0, t, eps)
+    out = net(xt, t.float(), labels)
+    return (out - diffusion_target(schedule, x0, t, eps, prediction)).pow(2).mean()
