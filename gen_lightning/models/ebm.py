@@ -1,0 +1,291 @@
+"""Energy-based model trained by contrastive divergence with SGLD negatives and a replay buffer.
+
+The energy network E(x) defines p(x) = exp(-E(x)) / Z. The gradient of the negative log
+likelihood is E_data[grad E(x+)] - E_model[grad E(x-)], so each step (Du & Mordatch 2019,
+"IGEBM"; Grathwohl et al. 2020, "JEM"):
+
+  1. starts B chains from the replay buffer, each replaced by uniform noise with probability
+     `reinit_prob` (IGEBM sec. 3.1: persistent chains that still explore);
+  2. runs `sgld_steps` SGLD steps on E (samplers/sgld.py) to get the negatives x-, and writes
+     them back into the buffer in place of the entries they started from;
+  3. minimizes the contrastive divergence with IGEBM's L2 energy regularizer (sec. 3.3)
+
+       loss = mean E(x+) - mean E(x-) + alpha * (mean E(x+)^2 + mean E(x-)^2),
+
+     which lowers the energy of data, raises it on the model's samples, and keeps both near 0.
+
+The buffer is a registered buffer `replay` `(buffer_size, *data_shape)`, so it is saved in every
+checkpoint and `--ckpt_path` resumes the same chains (CIFAR-10 at 10,000 entries: 123 MB).
+
+`sample(n)` runs `sample_steps` SGLD steps from uniform noise, or from buffer entries with
+`from_buffer=True`; each step is one forward and one backward pass of E, and
+`network_evaluations_per_sample` counts the steps. Images are in [-1, 1] (DESIGN.md) and the
+chains are clamped to the data's range; 2-D data has no value range, so the config gives the box
+`init_range` that the chains start in and are clamped to.
+
+Divergence: a non-finite loss or gradient, or an energy beyond `max_energy` in absolute value,
+stops the run with TrainingDivergedError before the weights change.
+
+There is no tractable likelihood for images (Z is unknown). For 2-D data, Z is the integral of
+exp(-E) over the `init_range` box, computed on a grid, which gives `log_prob` and
+KL(data || model) on GMM data (the model's density lives on the box its chains are clamped to).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.metrics.two_sample import energy_distance
+from gen_lightning.models.base import GenerativeModel
+from gen_lightning.samplers.sgld import SGLD
+
+NO_LIKELIHOOD = "an EBM's normalizer Z of exp(-E(x)) is intractable for images, so there is no likelihood"
+
+
+def contrastive_divergence(e_pos: torch.Tensor, e_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """IGEBM's loss: mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E(x-)^2); `(B,), (B,) -> ()`."""
+    return e_pos.mean() - e_neg.mean() + alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+def _check_hparams(**h) -> None:
+    checks = [
+        (h["sgld_steps"] >= 1, f"sgld_steps must be >= 1, got {h['sgld_steps']}"),
+        (h["sample_steps"] >= 1, f"sample_steps must be >= 1, got {h['sample_steps']}"),
+        (h["step_size"] > 0, f"step_size must be > 0, got {h['step_size']}"),
+        (h["noise_std"] >= 0, f"noise_std must be >= 0, got {h['noise_std']}"),
+        (h["alpha"] >= 0, f"alpha (weight of the energy L2 regularizer) must be >= 0, got {h['alpha']}"),
+        (h["buffer_size"] >= 1, f"buffer_size must be >= 1, got {h['buffer_size']}"),
+        (0 <= h["reinit_prob"] <= 1, f"reinit_prob must be in [0, 1], got {h['reinit_prob']}; 1 means no replay buffer"),
+        (h["data_noise"] >= 0, f"data_noise must be >= 0, got {h['data_noise']}"),
+        (h["max_energy"] > 0, f"max_energy must be > 0, got {h['max_energy']}"),
+        (h["init_range"] is None or (len(h["init_range"]) == 2 and h["init_range"][0] < h["init_range"][1]),
+         f"init_range must be [lo, hi] with lo < hi, got {h['init_range']}"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+class EBM(GenerativeModel):
+    """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`."""
+
+    conditional = False
+
+    def __init__(
+        self,
+        energy: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        sgld_steps: int = 20,
+        sample_steps: int = 100,
+        step_size: float = 1.0,
+        noise_std: float = 0.01,
+        alpha: float = 1.0,
+        buffer_size: int = 10000,
+        reinit_prob: float = 0.05,
+        data_noise: float = 0.0,
+        init_range: tuple[float, float] | None = None,
+        max_energy: float = 1.0e4,
+        grid_size: int = 512,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        _check_hparams(sgld_steps=sgld_steps, sample_steps=sample_steps, step_size=step_size, noise_std=noise_std,
+                       alpha=alpha, buffer_size=buffer_size, reinit_prob=reinit_prob, data_noise=data_noise,
+                       max_energy=max_energy, init_range=init_range)  # fmt: skip
+        self.save_hyperparameters()
+        self.energy, self.optimizer_callable = energy, optimizer
+        self.sgld_steps, self.sample_steps, self.step_size, self.noise_std = sgld_steps, sample_steps, step_size, noise_std
+        self.alpha, self.buffer_size, self.reinit_prob, self.data_noise = alpha, buffer_size, reinit_prob, data_noise
+        self.init_range = tuple(init_range) if init_range is not None else None
+        self.max_energy, self.grid_size = max_energy, grid_size
+        self.network_evaluations_per_sample = sample_steps  # SGLD steps, each a forward and a backward pass of E
+        self.register_buffer("replay", torch.empty(0))  # (buffer_size, *data_shape), allocated in bind_data
+        self.omitted_metrics = {"test/nll": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD}
+        self.metric_conventions = {
+            "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
+            "sampling": f"{sample_steps} SGLD steps (step {step_size}, noise {noise_std}) from uniform noise; "
+            "each step is one forward and one backward pass of E",
+        }
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Unlabeled use only; a range for the chains; one dummy pass of E must give one energy per example."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(f"the EBM takes images in [-1, 1] (DESIGN.md), but {dm.dataset_name} yields "
+                              f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\"")
+        if dm.value_range is None and self.init_range is None:
+            raise ConfigError(f"{dm.dataset_name} has no value range, so the SGLD chains need a box to start in and "
+                              "stay in; set model.init_args.init_range, e.g. [-3, 3] for ring8")
+        x = torch.zeros(2, *dm.data_shape, device=self.device)
+        try:
+            with torch.no_grad():
+                e = self.energy(x)
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(f"the energy network cannot read data of shape {_shape(tuple(dm.data_shape))} "
+                              f"({str(err).splitlines()[0]}); set its in_channels/image_size (ConvEnergy) "
+                              "or data_shape (MLPEnergy)") from None
+        if tuple(e.shape) != (2,):
+            raise ConfigError(f"the energy network must output one energy per example, shape (B,); got {tuple(e.shape)}")
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        shape = (self.buffer_size, *self.data_shape)
+        if tuple(self.replay.shape) != shape:  # a fresh buffer of uniform noise; a checkpoint replaces it
+            self.replay = self.uniform_noise(self.buffer_size)
+        if len(self.data_shape) == 1 and self.data_shape[0] == 2:
+            self.omitted_metrics.pop("test/kl_data_model", None)
+            self.metric_conventions["log_prob"] = (
+                f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
+                f"{self.grid_size}x{self.grid_size} midpoint rule")
+        else:
+            self.omitted_metrics["test/kl_data_model"] = f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """Where the chains start (uniform noise) and are clamped: the images' value range, or init_range."""
+        return tuple(self.value_range) if self.value_range is not None else self.init_range
+
+    def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        lo, hi = self.data_range
+        return lo + (hi - lo) * torch.rand(n, *self.data_shape, generator=generator, device=self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint["state_dict"].get("replay")
+        if saved is None:
+            return
+        if self.replay.numel() == 0:  # load_from_checkpoint without a DataModule: take the saved buffer's shape
+            self.replay = torch.empty_like(saved, device=self.device)
+        elif self.replay.shape != saved.shape:
+            raise ConfigError(f"the checkpoint's replay buffer has shape {tuple(saved.shape)} but this model's has "
+                              f"{tuple(self.replay.shape)}; set model.init_args.buffer_size: {saved.shape[0]}")
+
+    # ---- SGLD and the replay buffer -----------------------------------------------------
+    def sgld(self, num_steps: int) -> SGLD:
+        return SGLD(num_steps, self.step_size, self.noise_std, clamp=self.data_range)
+
+    def buffer_starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chain starts `(n, *data_shape)`: buffer entries at random `idx` `(n,)`, `reinit` `(n,)` of them noise."""
+        idx = torch.randint(0, self.buffer_size, (n,), device=self.device)
+        reinit = torch.rand(n, device=self.device) < self.reinit_prob
+        x = self.replay[idx].clone()
+        x[reinit] = self.uniform_noise(int(reinit.sum()))
+        return x, idx, reinit
+
+    def negatives(self, n: int) -> torch.Tensor:
+        """x- for one training step: SGLD from the buffer, written back where the chains came from."""
+        x, idx, reinit = self.buffer_starts(n)
+        x = self.sgld(self.sgld_steps)(self.energy, x)
+        self.replay[idx] = x
+        self.log("train/reinit_fraction", reinit.float().mean())
+        return x
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x_pos, _ = batch
+        if self.data_noise > 0:  # JEM: a little Gaussian noise on the data smooths its energy
+            x_pos = x_pos + self.data_noise * torch.randn_like(x_pos)
+        x_neg = self.negatives(x_pos.shape[0])
+        e_pos, e_neg = self.energy(x_pos), self.energy(x_neg)
+        loss = contrastive_divergence(e_pos, e_neg, self.alpha)
+        self.check_diverged(loss, e_pos, e_neg)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/energy_pos": e_pos.mean(), "train/energy_neg": e_neg.mean(),
+                       "train/cd": e_pos.mean() - e_neg.mean()})  # fmt: skip
+        return loss
+
+    def check_diverged(self, loss: torch.Tensor, e_pos: torch.Tensor, e_neg: torch.Tensor) -> None:
+        """Stop before the weights change when the loss is not finite or an energy exceeds max_energy."""
+        largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
+        if not math.isfinite(loss.item()):
+            self.diverged(f"the EBM loss became {loss.item()}")
+        if largest > self.max_energy:
+            self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.energy.parameters() if p.grad is not None])
+        self.log("train/grad_norm", grad_norm)
+        if not math.isfinite(grad_norm.item()):
+            self.diverged(f"the energy network's gradient norm became {grad_norm.item()}")
+
+    def diverged(self, what: str) -> None:
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
+        raise TrainingDivergedError(
+            f"{what} at step {self.global_step} (epoch {self.current_epoch}); training stopped before updating the "
+            f"weights, and the last checkpoint{where} is the last good one. Lower the learning rate or step_size, "
+            "raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
+        )
+
+    def configure_optimizers(self):
+        return self.build_optimizer(self.optimizer_callable, self.energy.parameters())
+
+    # ---- validation and test ---------------------------------------------------------------
+    def buffer_distance(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Energy distance between x and as many buffer entries drawn with seed `batch_idx`."""
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        idx = torch.randint(0, self.buffer_size, (x.shape[0],), generator=g, device=self.device)
+        return energy_distance(self.replay[idx], x)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, _ = batch
+        self.log("val/loss", self.buffer_distance(x, batch_idx), prog_bar=True, batch_size=x.shape[0])
+        self.log("val/energy_data", self.energy(x).mean(), batch_size=x.shape[0])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, _ = batch
+        metrics = {"test/energy_data": self.energy(x).mean(), "test/buffer_energy_distance": self.buffer_distance(x, batch_idx)}
+        if "test/kl_data_model" not in self.omitted_metrics:
+            log_p_data = self.trainer.datamodule.log_prob(x).to(x)
+            metrics["test/kl_data_model"] = (log_p_data - self.log_prob(x)).mean()
+        self.log_dict(metrics, batch_size=x.shape[0])
+
+    # ---- 2-D density --------------------------------------------------------------------
+    def grid(self, size: int | None = None) -> tuple[torch.Tensor, float]:
+        """Midpoints `(size^2, 2)` of a size x size grid over the init_range box, and one cell's area."""
+        size = size or self.grid_size
+        lo, hi = self.data_range
+        h = (hi - lo) / size
+        axis = lo + h * (torch.arange(size, device=self.device) + 0.5)
+        return torch.cartesian_prod(axis, axis), h * h
+
+    @torch.no_grad()
+    def energy_chunks(self, x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        return torch.cat([self.energy(part) for part in x.split(chunk)])
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """2-D data only: log exp(-E(x)) / Z, Z over the box by the midpoint rule; `(B, 2) -> (B,)`."""
+        if self.data_shape != (2,):
+            raise ConfigError(f"{NO_LIKELIHOOD}; log_prob is defined for 2-D data only")
+        points, area = self.grid()
+        log_z = torch.logsumexp(-self.energy_chunks(points), dim=0) + math.log(area)
+        return -self.energy(x) - log_z
+
+    # ---- sampling -----------------------------------------------------------------------
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        from_buffer: bool = False,
+    ) -> torch.Tensor:
+        """n samples `(n, *data_shape)`: `sample_steps` SGLD steps from uniform noise, or from buffer entries."""
+        self.check_labels(labels)
+        if n < 1:
+            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        if from_buffer:
+            x0 = self.replay[torch.randint(0, self.buffer_size, (n,), generator=generator, device=self.device)]
+        else:
+            x0 = self.uniform_noise(n, generator)
+        return self.sgld(self.sample_steps)(self.energy, x0, generator)

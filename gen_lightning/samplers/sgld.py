@@ -1,0 +1,87 @@
+"""Stochastic gradient Langevin dynamics on an energy network: the sampler of IGEBM and JEM.
+
+One step (Du & Mordatch 2019, eq. 2; Grathwohl et al. 2020, eq. 11), with the step size and the
+noise set apart as both papers do in practice:
+
+    x_{k+1} = clamp(x_k - step_size * grad_x E(x_k) + noise_std * eps_k),   eps_k ~ N(0, I)
+
+With `noise_std = sqrt(2 * step_size)` (`langevin_noise_std`) this is exactly the unadjusted
+Langevin algorithm with step eta = 2 * step_size for p(x) proportional to exp(-E(x)):
+x - eta/2 grad E + sqrt(eta) eps, whose stationary law tends to p as eta -> 0. The papers use
+far less noise than that (IGEBM: step 10, noise 0.005 on [0, 1] images; JEM: step 1, noise 0.01),
+which samples a colder distribution, proportional to exp(-E / T) with T = noise_std^2 / (2 step_size):
+sharper samples, at the price of no longer being exact.
+
+The network is passed in and never owned; only x gets gradients (the parameters' .grad stay
+untouched), and sampling works under no_grad and inference mode (e.g. in a test loop).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def langevin_noise_std(step_size: float) -> float:
+    """The noise that makes the step exact Langevin: sqrt(2 * step_size) (eta = 2 * step_size)."""
+    return math.sqrt(2.0 * step_size)
+
+
+def energy_grad(energy: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """grad_x sum_i E(x_i), i.e. each example's own gradient, `(B, ...) -> (B, ...)`."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(x).sum(), x)
+    return grad
+
+
+class SGLD:
+    """`num_steps` SGLD steps of `step_size` and `noise_std`, clamped to `clamp` = (lo, hi) when given."""
+
+    def __init__(
+        self,
+        num_steps: int,
+        step_size: float,
+        noise_std: float,
+        clamp: tuple[float, float] | None = None,
+    ):
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if clamp is not None and not clamp[0] < clamp[1]:
+            raise ValueError(f"clamp must be (lo, hi) with lo < hi, got {tuple(clamp)}")
+        self.num_steps, self.step_size, self.noise_std = num_steps, step_size, noise_std
+        self.clamp = tuple(clamp) if clamp is not None else None
+
+    @property
+    def temperature(self) -> float:
+        """T = noise_std^2 / (2 step_size): 1 for exact Langevin, below 1 for the papers' settings."""
+        return self.noise_std**2 / (2.0 * self.step_size)
+
+    def step(self, energy: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x - self.step_size * energy_grad(energy, x) + self.noise_std * eps
+        return x.clamp(*self.clamp) if self.clamp is not None else x
+
+    def __call__(
+        self,
+        energy: nn.Module,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ) -> torch.Tensor:
+        """Run the chains from x0 `(B, ...)`; returns x_K `(B, ...)`, or `(K + 1, B, ...)` with x0 first."""
+        # Gradients in x are needed even when called under no_grad or inference mode (sample() at test).
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x0.detach().clone()
+            x = x.clamp(*self.clamp) if self.clamp is not None else x
+            trajectory = [x.detach()]
+            for _ in range(self.num_steps):
+                x = self.step(energy, x, generator).detach()
+                if return_trajectory:
+                    trajectory.append(x)
+        return torch.stack(trajectory) if return_trajectory else x
