@@ -1,0 +1,295 @@
+"""Normalizing flows: RealNVP (Dinh et al. 2017) and Glow (Kingma & Dhariwal 2018), trained by exact likelihood.
+
+An injected invertible network maps data to z of the same shape with `forward(x) -> (z, logdet)`
+and back with `inverse(z)`. With a standard-normal base, the change of variables gives
+
+  log p(x) = log N(z; 0, I) + log|det dz/dx|   (RealNVP, eq. 3),
+
+and training minimizes -log p(x) in nats per example.
+
+8-bit images in [0, 1] (x = k/255) are dequantized uniformly: y = (k + u) / 256 with
+u ~ U[0, 1)^D (Theis et al. 2016), so the density of y on [0, 1)^D bounds the probability of the
+8-bit image, -log2 P(k)/D <= bpd = (nll_y + D ln 256) / (D ln 2) in expectation over u (DESIGN.md).
+With `logit_alpha`, the flow models w = logit(alpha + (1 - 2 alpha) y) instead (RealNVP, sec. 4.1,
+alpha = 0.05), and the Jacobian log|dw/dy| is added, so nll_y is still the density of y.
+Variational dequantization (Flow++) is not implemented. 2-D data (GMM) is modeled as it is.
+
+Sampling draws z ~ N(0, T^2 I) with temperature T (`sample_temperature`, Glow sec. 5) and
+returns inverse(z), mapped back to 8-bit values in [0, 1] for images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from gen_lightning import losses
+from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.models.base import GenerativeModel
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Run `module` in eval mode (no ActNorm initialization, BatchNorm running statistics), then restore its mode."""
+    was_training = module.training
+    module.train(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def uniform_dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """8-bit values x = k/255 in [0, 1] -> y = (k + u) / 256 with u ~ U[0, 1): continuous, in [0, 1)."""
+    k = torch.round(x * 255.0)
+    u = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return (k + u) / 256.0
+
+
+def quantize(y: torch.Tensor) -> torch.Tensor:
+    """The inverse of the dequantization: y in [0, 1) -> the 8-bit value k/255 with k = floor(256 y)."""
+    return torch.floor(y * 256.0).clamp(0, 255) / 255.0
+
+
+def logit_transform(y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """w = logit(p), p = alpha + (1 - 2 alpha) y (RealNVP, sec. 4.1), and log|dw/dy| summed per example `(B,)`.
+
+    dw/dy = (1 - 2 alpha) / (p (1 - p)).
+    """
+    p = alpha + (1.0 - 2.0 * alpha) * y
+    w = torch.log(p) - torch.log1p(-p)
+    log_jacobian = math.log(1.0 - 2.0 * alpha) - torch.log(p) - torch.log1p(-p)
+    return w, log_jacobian.flatten(1).sum(1)
+
+
+def inverse_logit_transform(w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w -> y = (sigmoid(w) - alpha) / (1 - 2 alpha)."""
+    return (torch.sigmoid(w) - alpha) / (1.0 - 2.0 * alpha)
+
+
+def bits_per_dim(nll: torch.Tensor, num_dims: int) -> torch.Tensor:
+    """NLL in nats of dequantized data y in [0, 1)^D -> bits/dim of the 8-bit data: (nll + D ln 256) / (D ln 2)."""
+    return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))
+
+
+def _check_hparams(logit_alpha: float | None, sample_temperature: float) -> None:
+    if logit_alpha is not None and not 0 < logit_alpha < 0.5:
+        raise ConfigError(f"logit_alpha must be in (0, 0.5) or null, got {logit_alpha}; RealNVP uses 0.05")
+    if sample_temperature <= 0:
+        raise ConfigError(f"sample_temperature must be > 0, got {sample_temperature}; 1 samples the model itself")
+
+
+class Flow(GenerativeModel):
+    """A normalizing flow with an injected invertible `net` (`gen_lightning.nets.flows`).
+
+    `net.forward(x) -> (z, logdet)` with z of x's shape, `net.inverse(z) -> x`.
+    `logit_alpha`: the logit preprocessing of images (null turns it off); ignored for 2-D data.
+    `sample_temperature`: the default T of `sample()`; Glow shows T = 0.7 for its figures.
+    `scheduler`: an optional learning-rate schedule, stepped once per epoch.
+    """
+
+    network_evaluations_per_sample = 1  # one pass of net.inverse
+
+    def __init__(
+        self,
+        net: nn.Module,
+        logit_alpha: float | None = 0.05,
+        sample_temperature: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        _check_hparams(logit_alpha, sample_temperature)
+        self.save_hyperparameters()
+        self.net = net
+        self.logit_alpha, self.sample_temperature = logit_alpha, sample_temperature
+        self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
+        self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
+
+    @property
+    def is_image(self) -> bool:
+        """8-bit images `(C, H, W)` are dequantized (and logit-transformed) before the flow; 2-D data is not."""
+        return self.data_shape is not None and len(self.data_shape) == 3
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images must be 8-bit values in [0, 1] (not binarized); the net must map the data's shape to itself."""
+        data_shape = tuple(dm.data_shape)
+        if len(data_shape) == 3:
+            if dm.value_range is None or tuple(dm.value_range) != (0.0, 1.0):
+                raise ConfigError(
+                    f"a flow dequantizes 8-bit images in [0, 1], but {dm.dataset_name} yields {dm.value_range}; "
+                    "set data.init_args.value_range: \"0,1\""
+                )
+            if getattr(dm, "binarize", "none") != "none":
+                raise ConfigError(
+                    f"a flow models 8-bit intensities, but {dm.dataset_name} is binarized ({dm.binarize}); "
+                    "set data.init_args.binarize: none"
+                )
+        self._check_net(data_shape)
+
+    @torch.no_grad()
+    def _check_net(self, data_shape: tuple[int, ...]) -> None:
+        x = torch.full((2, *data_shape), 0.5, device=self.device)
+        try:
+            with _eval_mode(self.net):
+                z, logdet = self.net(x)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(
+                f"the flow net cannot read data of shape {_shape(data_shape)} ({str(e).splitlines()[0]}); "
+                "set the net's in_channels/image_size (or dim) to the data's shape"
+            ) from None
+        if tuple(z.shape) != tuple(x.shape) or tuple(logdet.shape) != (2,):
+            raise ConfigError(
+                f"the flow net maps {_shape(data_shape)} to z {_shape(z.shape[1:])} and logdet {tuple(logdet.shape)}; "
+                f"it must keep the data's shape and give one log-det per example; set its in_channels/image_size (or dim)"
+            )
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        self.data_has_density = callable(getattr(dm, "log_prob", None))
+        # callbacks set up before the model may have added entries of their own: update, never replace
+        self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
+        self.metric_conventions.update(self._metric_conventions())
+
+    def _omitted_metrics(self, dataset_name: str) -> dict[str, str]:
+        omitted = {}
+        if not self.is_image:
+            reason = f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
+            omitted |= {"val/bpd": reason, "test/bpd": reason}
+        if not self.data_has_density:
+            omitted["test/kl_data_model"] = f"{dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)"
+        return omitted
+
+    def _metric_conventions(self) -> dict[str, str]:
+        d = math.prod(self.data_shape)
+        conventions = {"test/nll_nats": "-log p(x) per example in nats, exact (change of variables)"}
+        if self.is_image:
+            logit = (f"; the flow sees w = logit({self.logit_alpha} + {1 - 2 * self.logit_alpha:g} y), its Jacobian included"
+                     if self.logit_alpha is not None else "")
+            conventions["test/nll_nats"] = (
+                "-log p(y) per image in nats of the uniformly dequantized y = (k + u)/256, u ~ U[0,1)^D, one seeded "
+                f"draw per test batch{logit}"
+            )
+            conventions["bits_per_dim"] = f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
+        if self.data_has_density:
+            conventions["test/kl_data_model"] = "mean over test points of log p_data(x) - log p_model(x): KL(data || model), exact densities"
+        return conventions
+
+    # ---- the density --------------------------------------------------------------------
+    def preprocess(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data -> what the flow sees, and log|d(that)/dy| per example: dequantized (and logit) images, 2-D data as is."""
+        if not self.is_image:
+            return x, x.new_zeros(x.shape[0])
+        y = uniform_dequantize(x, generator)
+        if self.logit_alpha is None:
+            return y, y.new_zeros(y.shape[0])
+        return logit_transform(y, self.logit_alpha)
+
+    def postprocess(self, w: torch.Tensor) -> torch.Tensor:
+        """What the flow outputs -> the data's values: 8-bit images in [0, 1], 2-D data as is."""
+        if not self.is_image:
+            return w
+        y = w if self.logit_alpha is None else inverse_logit_transform(w, self.logit_alpha)
+        return quantize(y)
+
+    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) per example `(B,)`, nats: exact for 2-D data, of one dequantized draw y for images."""
+        w, log_jacobian = self.preprocess(x, generator)
+        z, logdet = self.net(w)
+        return losses.standard_normal_log_prob(z.flatten(1).float()) + logdet.float() + log_jacobian.float()
+
+    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
+        return bits_per_dim(nll, math.prod(self.data_shape))
+
+    # ---- training, validation and test ------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        nll = -self.log_prob(x)
+        loss = nll.mean()
+        self.check_finite(loss, "the negative log-likelihood")
+        self.log("train/loss", loss, prog_bar=True)
+        if self.is_image:
+            self.log("train/bpd", self.bits_per_dim(nll).mean())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        self.check_finite(grad_norm, "the gradient norm")
+        self.log("train/grad_norm", grad_norm)
+
+    def check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop a diverged run before its weights change, so the last checkpoint stays the last good one."""
+        if math.isfinite(value.item()):
+            return
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
+        raise TrainingDivergedError(
+            f"{what} became {value.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
+            f"before updating the weights, and the last checkpoint{where} is the last good one. Lower the learning "
+            "rate, or set trainer.gradient_clip_val"
+        )
+
+    def _nll(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """-log p(x) with the dequantization noise seeded by the batch index, so evaluations repeat exactly."""
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        return -self.log_prob(x, generator=g)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, _ = batch
+        nll = self._nll(x, batch_idx)
+        self.log("val/loss", nll.mean(), prog_bar=True, batch_size=x.shape[0])
+        if self.is_image:
+            self.log("val/bpd", self.bits_per_dim(nll).mean(), batch_size=x.shape[0])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, _ = batch
+        nll = self._nll(x, batch_idx)
+        metrics = {"test/nll_nats": nll}
+        if self.is_image:
+            metrics["test/bpd"] = self.bits_per_dim(nll)
+        if self.data_has_density:
+            log_p_data = self.trainer.datamodule.log_prob(x).to(nll)
+            metrics["test/kl_data_model"] = log_p_data + nll  # log p_data(x) - log p_model(x)
+        self.log_dict({name: value.mean() for name, value in metrics.items()}, batch_size=x.shape[0])
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
+        if self.scheduler_callable is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+
+    # ---- sampling -----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
+    ) -> torch.Tensor:
+        """n samples `(n, *data_shape)`: z ~ N(0, T^2 I) drawn with `generator`, then net.inverse in eval mode.
+
+        T is `temperature`, or `sample_temperature` when it is None.
+        """
+        self.check_labels(labels)
+        if n < 1:
+            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        t = self.sample_temperature if temperature is None else temperature
+        if t <= 0:
+            raise ConfigError(f"temperature must be > 0, got {t}")
+        z = t * torch.randn(n, *self.data_shape, device=self.device, generator=generator)
+        with _eval_mode(self.net):
+            w = self.net.inverse(z)
+        return self.postprocess(w.float())

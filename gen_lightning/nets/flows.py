@@ -1,0 +1,230 @@
+"""Normalizing-flow networks built from the layers in flow_layers.py.
+
+- `RealNVP` (Dinh et al. 2017): multi-scale; at each scale 3 checkerboard couplings, a squeeze,
+  3 channel couplings, then half the channels are factored out; the last scale has 4
+  checkerboard couplings. A normalization layer (actnorm, batch norm, or none) precedes each
+  coupling.
+- `Glow` (Kingma & Dhariwal 2018): multi-scale; each level is a squeeze, then K steps of
+  ActNorm -> invertible 1x1 convolution -> affine coupling, then half the channels are factored out.
+- `VectorRealNVP`: couplings with alternating masks on vectors `(B, D)`, for 2-D data.
+
+Every network maps `forward(x) -> (z, logdet)` with z of x's shape (the factored-out latents and
+the last scale's output, flattened and concatenated in that order, then reshaped), so the base
+density is N(0, I) over all D dimensions; `inverse(z) -> x`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from gen_lightning.errors import ConfigError
+from gen_lightning.nets.flow_layers import (
+    ActNorm,
+    AffineCoupling,
+    BatchNormFlow,
+    FlowSequence,
+    InvConv1x1,
+    MLPST,
+    ResNetST,
+    Scale,
+    Squeeze,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+)
+
+Norm = Literal["actnorm", "batchnorm", "none"]
+
+
+def make_norm(norm: Norm, channels: int) -> list[nn.Module]:
+    """The normalization layer before a coupling, as a list (empty for "none")."""
+    if norm == "actnorm":
+        return [ActNorm(channels)]
+    if norm == "batchnorm":
+        return [BatchNormFlow(channels)]
+    if norm == "none":
+        return []
+    raise ConfigError(f"norm must be 'actnorm', 'batchnorm' or 'none', got {norm!r}")
+
+
+def _check_image(name: str, in_channels: int, image_size: int, squeezes: int) -> None:
+    if in_channels < 1:
+        raise ConfigError(f"{name} in_channels must be >= 1, got {in_channels}")
+    if image_size < 2 or image_size % (2**squeezes) != 0:
+        raise ConfigError(
+            f"{name} squeezes the image {squeezes} times, so image_size must be a multiple of {2**squeezes}, "
+            f"got {image_size}; lower num_scales/num_levels"
+        )
+
+
+class MultiScaleFlow(nn.Module):
+    """Levels of flow layers on images; after each level but the last, half the channels are factored out.
+
+    `levels[i]` maps `(C_i, H_i, W_i)` to the shape its squeezes give; the first half of its output
+    channels becomes z_i and leaves the flow (RealNVP, sec. 3.6), the rest goes on to level i+1.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], levels: list[FlowSequence]):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.levels = nn.ModuleList(levels)
+        self.out_shapes, self.factored_shapes = [], []  # each level's output, and the part factored out after it
+        shape = self.in_shape
+        for i, level in enumerate(levels):
+            c, h, w = level.out_shape(shape)
+            self.out_shapes.append((c, h, w))
+            if i < len(levels) - 1:
+                self.factored_shapes.append((c // 2, h, w))
+                shape = (c - c // 2, h, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zs, logdet, h = [], 0.0, x
+        for i, level in enumerate(self.levels):
+            h, ld = level(h)
+            logdet = logdet + ld
+            if i < len(self.levels) - 1:
+                k = self.factored_shapes[i][0]
+                zs.append(h[:, :k].flatten(1))  # (B, k, H_i, W_i) -> (B, k*H_i*W_i)
+                h = h[:, k:]
+        zs.append(h.flatten(1))
+        return torch.cat(zs, dim=1).view_as(x), logdet  # (B, D) -> (B, C, H, W)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        sizes = [math.prod(s) for s in self.factored_shapes] + [math.prod(self.out_shapes[-1])]
+        parts = z.flatten(1).split(sizes, dim=1)  # (B, D) -> z_0, z_1, ..., the last level's output
+        h = self.levels[-1].inverse(parts[-1].view(b, *self.out_shapes[-1]))
+        for i in reversed(range(len(self.levels) - 1)):
+            h = torch.cat([parts[i].view(b, *self.factored_shapes[i]), h], dim=1)
+            h = self.levels[i].inverse(h)
+        return h
+
+
+class RealNVP(MultiScaleFlow):
+    """RealNVP on `(in_channels, image_size, image_size)` images with `num_scales` scales.
+
+    Each coupling's s and t come from a ResNet with `hidden` channels and `num_blocks` residual
+    blocks (RealNVP: 64 channels, 8 blocks on CIFAR-10). Scales 1..num_scales-1 squeeze once each.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_scales: int = 3,
+        hidden: int = 64,
+        num_blocks: int = 4,
+        scale: Scale = "tanh",
+        norm: Norm = "actnorm",
+    ):
+        if num_scales < 1:
+            raise ConfigError(f"RealNVP num_scales must be >= 1, got {num_scales}")
+        _check_image("RealNVP", in_channels, image_size, num_scales - 1)
+        levels, c, size = [], in_channels, image_size
+        for i in range(num_scales):
+            last = i == num_scales - 1
+            layers = self._couplings([checkerboard_mask(size, size, p % 2) for p in range(4 if last else 3)], c,
+                                     hidden, num_blocks, scale, norm)
+            if not last:
+                c, size = 4 * c, size // 2
+                layers += [Squeeze()]
+                layers += self._couplings([channel_mask(c, p % 2) for p in range(3)], c, hidden, num_blocks, scale, norm)
+                c = c - c // 2
+            levels.append(FlowSequence(layers))
+        super().__init__((in_channels, image_size, image_size), levels)
+
+    @staticmethod
+    def _couplings(masks, channels, hidden, num_blocks, scale, norm) -> list[nn.Module]:
+        layers: list[nn.Module] = []
+        for mask in masks:
+            layers += make_norm(norm, channels)
+            layers.append(AffineCoupling(mask, ResNetST(channels, hidden, num_blocks), scale))
+        return layers
+
+
+class _ActNormNoLogdet(ActNorm):
+    """ActNorm inside a coupling's s/t net, where no log-det is needed (Glow's NN)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[0]
+
+
+class GlowST(nn.Module):
+    """Glow's s/t net `(B, C, H, W) -> (B, 2C, H, W)`: conv3x3 -> actnorm -> ReLU -> conv1x1 -> actnorm -> ReLU
+    -> conv3x3 starting at zero (Kingma & Dhariwal 2018, sec. 3.3)."""
+
+    def __init__(self, channels: int, hidden: int = 512):
+        super().__init__()
+        if hidden < 1:
+            raise ConfigError(f"Glow hidden must be >= 1, got {hidden}")
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False), _ActNormNoLogdet(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1, bias=False), _ActNormNoLogdet(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, 2 * channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Glow(MultiScaleFlow):
+    """Glow on `(in_channels, image_size, image_size)` images: `num_levels` levels of `steps_per_level` steps.
+
+    A step is ActNorm -> InvConv1x1 (LU-decomposed with `lu`) -> affine coupling on half the channels
+    (alternating halves, `scale` "sigmoid" as in Glow). Glow used K = 32 steps, 3 levels and 512 hidden channels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_levels: int = 2,
+        steps_per_level: int = 8,
+        hidden: int = 128,
+        lu: bool = True,
+        scale: Scale = "sigmoid",
+    ):
+        if num_levels < 1 or steps_per_level < 1:
+            raise ConfigError(f"Glow needs num_levels >= 1 and steps_per_level >= 1, got {num_levels} and {steps_per_level}")
+        _check_image("Glow", in_channels, image_size, num_levels)
+        levels, c = [], in_channels
+        for i in range(num_levels):
+            c = 4 * c
+            layers: list[nn.Module] = [Squeeze()]
+            for k in range(steps_per_level):
+                layers += [ActNorm(c), InvConv1x1(c, lu=lu, seed=1000 * i + k),
+                           AffineCoupling(channel_mask(c, k % 2), GlowST(c, hidden), scale)]
+            levels.append(FlowSequence(layers))
+            c = c - c // 2
+        super().__init__((in_channels, image_size, image_size), levels)
+
+
+class VectorRealNVP(FlowSequence):
+    """RealNVP on vectors `(B, dim)`: `num_couplings` couplings with alternating masks, each preceded by `norm`.
+
+    s and t come from MLPs of `num_layers` hidden layers of width `hidden`.
+    """
+
+    def __init__(
+        self,
+        dim: int = 2,
+        num_couplings: int = 8,
+        hidden: int = 128,
+        num_layers: int = 2,
+        scale: Scale = "tanh",
+        norm: Norm = "actnorm",
+    ):
+        if dim < 2 or num_couplings < 1:
+            raise ConfigError(f"VectorRealNVP needs dim >= 2 and num_couplings >= 1, got {dim} and {num_couplings}")
+        layers: list[nn.Module] = []
+        for k in range(num_couplings):
+            layers += make_norm(norm, dim)
+            layers.append(AffineCoupling(alternating_mask(dim, k % 2), MLPST(dim, hidden, num_layers), scale))
+        super().__init__(layers)
+        self.in_shape = (dim,)
