@@ -1,0 +1,309 @@
+"""Denoising diffusion probabilistic models (Ho et al. 2020), with DDIM sampling and classifier-free guidance.
+
+Training: draw t ~ U{0..T-1} and eps ~ N(0, I), form x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,
+and regress the network's output on eps ("eps", DDPM eq. 14, the simple loss), on x0 ("x0"), or
+on v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 ("v", Salimans & Ho 2022). The network is
+called as `net(x_t, t.float(), labels)`: the timestep index 0..T-1 as a float.
+
+Injected pieces (class_path in YAML):
+- `net`: nets/unet.py UNet for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data;
+- `schedule`: samplers/schedules.py LinearSchedule (the default; 1e-4..0.02, T = 1000) or CosineSchedule;
+- `sampler`: samplers/ddpm.py DDPMSampler (the default; ancestral, all T steps) or
+  samplers/ddim.py DDIMSampler (`configs/overrides/ddim50.yaml` swaps it in).
+
+`ConditionalDDPM` trains with label dropout (each label replaced by the null token `num_classes`
+with probability `label_dropout`), so one network learns both the conditional and the
+unconditional model, and samples with classifier-free guidance (Ho & Salimans 2022):
+eps = eps_uncond + w (eps_cond - eps_uncond), `guidance_scale` w: 0 unconditional, 1 conditional,
+> 1 guided (Ho & Salimans' weight is w - 1). Guided sampling costs two network passes per step.
+
+Images must be in [-1, 1]; the sampler clips x0_hat to that range (`clip_x0`). `val/loss` (for
+ModelCheckpoint) and `test/loss` are the simple loss on held-out data, with t and eps drawn from a
+generator seeded by the batch index, so they compare across epochs. `vlb_bpd: true` adds
+`test/bpd_vlb`, the variational bound L_0 + ... + L_T in bits/dim on 8-bit images (DDPM sec. 3.3,
+the discretized decoder of eq. 13), which costs T network passes per test image.
+
+EMA: add `lightning.pytorch.callbacks.EMAWeightAveraging` to the callbacks, after SampleGrid.
+Validation, the sample grid, checkpoints and `gen test` then use the averaged weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from gen_lightning import losses
+from gen_lightning.callbacks.sample_grid import SampleGrid
+from gen_lightning.errors import ConfigError
+from gen_lightning.models.base import GenerativeModel
+from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
+from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction, gather
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Run `module` in eval mode (no dropout), then restore its mode."""
+    was_training = module.training
+    module.train(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log P(x) per element for x on the 256-level grid of [-1, 1], bins of width 2/255 (DDPM eq. 13)."""
+    inv_std = torch.exp(-log_std)
+    cdf_plus = _std_normal_cdf(inv_std * (x - mean + 1.0 / 255))
+    cdf_minus = _std_normal_cdf(inv_std * (x - mean - 1.0 / 255))
+    log_cdf_plus = cdf_plus.clamp(min=1e-12).log()
+    log_one_minus_cdf_minus = (1.0 - cdf_minus).clamp(min=1e-12).log()
+    log_bin = (cdf_plus - cdf_minus).clamp(min=1e-12).log()
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_bin))
+
+
+class DDPM(GenerativeModel):
+    """An unconditional DDPM with an injected network, schedule, sampler and optimizer."""
+
+    conditional = False
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule | None = None,
+        sampler: DiffusionSampler | None = None,
+        prediction: Prediction = "eps",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_warmup_steps: int = 0,
+        vlb_bpd: bool = False,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        if prediction not in ("eps", "x0", "v"):
+            raise ConfigError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        if lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
+        self.save_hyperparameters()
+        self.net = net
+        self.schedule = schedule if schedule is not None else LinearSchedule()
+        self.sampler = sampler if sampler is not None else DDPMSampler()
+        self.prediction, self.optimizer, self.lr_warmup_steps, self.vlb_bpd = prediction, optimizer, lr_warmup_steps, vlb_bpd
+        self.guidance_scale = 1.0
+
+    @property
+    def network_evaluations_per_sample(self) -> int:
+        return self.sampler.num_steps(self.schedule) * self.denoiser(None).evaluations_per_step
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images in [-1, 1], the net's num_classes matching the model's kind, and one dummy pass of the right shape."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(
+                f"diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0), but {dm.dataset_name} "
+                f"yields {tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
+            )
+        want = dm.num_classes if self.conditional else None
+        have = getattr(self.net, "num_classes", None)
+        if have != want:
+            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
+                   else "use gen_lightning.models.diffusion.ConditionalDDPM, or set the net's num_classes: null")
+            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
+        shape = tuple(dm.data_shape)
+        x = torch.zeros(2, *shape, device=self.device)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        try:
+            with torch.no_grad(), _eval_mode(self.net):
+                out = self.net(x, torch.zeros(2, device=self.device), labels)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"the net cannot read data of shape {_shape(shape)} ({str(e).splitlines()[0]}); "
+                              "set its in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
+        if tuple(out.shape) != (2, *shape):
+            raise ConfigError(f"the net outputs {_shape(out.shape[1:])} but the data has shape {_shape(shape)}")
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        images = len(self.data_shape) == 3
+        self.omitted_metrics.update({
+            "test/nll": "DDPM gives no exact likelihood; the variational bound is test/bpd_vlb",
+            "test/kl_data_model": "needs log p_model(x), which DDPM gives only as a bound",
+        })
+        if not images:
+            self.omitted_metrics["test/bpd_vlb"] = "the discretized decoder of the bound applies to 8-bit images only"
+        elif not self.vlb_bpd:
+            self.omitted_metrics["test/bpd_vlb"] = "vlb_bpd: false (the bound costs T network passes per test image)"
+        self.metric_conventions.update({
+            "val/loss": f"simple {self.prediction}-prediction MSE on validation data, t and eps seeded by batch index",
+            "test/loss": f"simple {self.prediction}-prediction MSE on test data, t and eps seeded by batch index",
+        })
+        if images and self.vlb_bpd:
+            self.metric_conventions["test/bpd_vlb"] = (
+                "variational bound L_0..L_T in bits/dim, 8-bit images scaled to [-1, 1], discretized decoder (DDPM eq. 13)")
+
+    def on_fit_start(self) -> None:
+        averaging = [i for i, c in enumerate(self.trainer.callbacks) if isinstance(c, WeightAveraging)]
+        grids = [i for i, c in enumerate(self.trainer.callbacks) if isinstance(c, SampleGrid)]
+        if averaging and grids and min(averaging) < max(grids):
+            raise ConfigError("list EMAWeightAveraging after SampleGrid in trainer.callbacks, so that the sample grid is "
+                              "drawn from the averaged weights (callbacks run in list order)")
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_labels(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The labels the net sees in training: none for the unconditional model."""
+        return None
+
+    def loss(self, x0: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        self.schedule.to(x0.device)
+        t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device, generator=generator)
+        return losses.diffusion_simple_loss(self.net, self.schedule, x0, t, self.prediction, labels, generator)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x0, y = batch
+        loss = self.loss(x0, self.training_labels(y))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = self.build_optimizer(self.optimizer, self.net.parameters())
+        if self.lr_warmup_steps == 0:
+            return opt
+        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / self.lr_warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+    # ---- validation and test ----------------------------------------------------------------
+    def heldout_loss(self, batch, batch_idx: int) -> torch.Tensor:
+        x0, y = batch
+        g = torch.Generator(device=x0.device).manual_seed(batch_idx)
+        return self.loss(x0, self.heldout_labels(y), generator=g)
+
+    def heldout_labels(self, y: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self.heldout_loss(batch, batch_idx), prog_bar=True, batch_size=batch[0].shape[0])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        n = batch[0].shape[0]
+        self.log("test/loss", self.heldout_loss(batch, batch_idx), batch_size=n)
+        if "test/bpd_vlb" not in self.omitted_metrics:
+            self.log("test/bpd_vlb", self.vlb_bits_per_dim(batch[0], self.heldout_labels(batch[1])).mean(), batch_size=n)
+
+    @torch.no_grad()
+    def vlb_bits_per_dim(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) variational bound L_T + sum_t L_{t-1} + L_0 (DDPM eq. 5) in bits/dim, with the sampler's fixed variance.
+
+        One pass per t with x_t ~ q(x_t | x0); L_0 is the discretized Gaussian decoder of eq. 13.
+        """
+        s = self.schedule.to(x0.device)
+        kind = getattr(self.sampler, "variance", "fixed_small")
+        log_var = s.variance(kind).clone()
+        log_var[0] = s.posterior_variance[1]  # beta~_0 = 0; the decoder's variance as in improved-diffusion
+        log_var = log_var.log()
+        dims = list(range(1, x0.ndim))
+        total = torch.zeros(x0.shape[0], device=x0.device)
+        denoiser = Denoiser(self.net, s, self.prediction, labels, clip_range=(-1.0, 1.0))
+        with _eval_mode(self.net):
+            for t in range(s.num_steps):
+                tb = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
+                xt = s.q_sample(x0, tb, torch.randn_like(x0))
+                mean = s.q_posterior_mean(denoiser(xt, tb)[0], xt, tb)
+                lv = gather(log_var, tb, x0)
+                if t == 0:
+                    total -= _discretized_gaussian_log_likelihood(x0, mean, 0.5 * lv).sum(dims)
+                else:
+                    true_lv = gather(s.posterior_variance, tb, x0).log()
+                    total += _normal_kl(s.q_posterior_mean(x0, xt, tb), true_lv, mean, lv).sum(dims)
+        tb = torch.full((x0.shape[0],), s.num_steps - 1, device=x0.device, dtype=torch.long)
+        mean_T, var_T = gather(s.sqrt_alpha_bar, tb, x0) * x0, gather(1 - s.alpha_bar, tb, x0)
+        total += _normal_kl(mean_T, var_T.log(), torch.zeros_like(x0), torch.zeros_like(x0)).sum(dims)  # L_T
+        return total / (x0[0].numel() * math.log(2.0))
+
+    # ---- sampling -----------------------------------------------------------------------
+    def denoiser(self, labels: torch.Tensor | None) -> Denoiser:
+        """The net as the samplers see it: parameterization, clipping and (for ConditionalDDPM) guidance."""
+        clip = self.value_range if self.sampler.clip_x0 else None
+        null = self.num_classes if self.conditional else None
+        return Denoiser(self.net, self.schedule.to(self.device), self.prediction, labels, self.guidance_scale, null, clip)
+
+    def check_sample_args(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
+        self.check_labels(labels)
+        if n < 1:
+            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        if self.data_shape is None:
+            raise ConfigError("the model does not know its data shape yet; fit it or load it from a checkpoint first")
+        if labels is not None and tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        return None if labels is None else labels.to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples `(n, *data_shape)` by the injected sampler, in eval mode, x_T drawn with `generator`."""
+        labels = self.check_sample_args(n, labels)
+        with _eval_mode(self.net):
+            x = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator=generator)
+        return x if self.value_range is None else x.clamp(*self.value_range)
+
+    @torch.no_grad()
+    def trajectory(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(S + 1, n, *data_shape) on the CPU: x_T, then x after each sampler step, for a visual strip."""
+        labels = self.check_sample_args(n, labels)
+        with _eval_mode(self.net):
+            _, path = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator, return_trajectory=True)
+        return path
+
+
+class ConditionalDDPM(DDPM):
+    """Class-conditional DDPM with label dropout in training and classifier-free guidance in sampling.
+
+    The net needs `num_classes` = the data's; its label `num_classes` is the null token.
+    """
+
+    conditional = True
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule | None = None,
+        sampler: DiffusionSampler | None = None,
+        prediction: Prediction = "eps",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_warmup_steps: int = 0,
+        vlb_bpd: bool = False,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 2.0,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, predict_seed)
+        if not 0.0 <= label_dropout < 1.0:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if guidance_scale < 0:
+            raise ConfigError(f"guidance_scale must be >= 0 (0 unconditional, 1 conditional, > 1 guided), got {guidance_scale}")
+        if guidance_scale != 1.0 and label_dropout == 0.0:
+            raise ConfigError(f"guidance_scale {guidance_scale} needs the unconditional model, which label_dropout > 0 trains; "
+                              "set label_dropout (0.1 in Ho & Salimans 2022) or guidance_scale: 1.0")
+        self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
+
+    def training_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Each label replaced by the null token `num_classes` with probability `label_dropout`."""
+        drop = torch.rand(y.shape, device=y.device) < self.label_dropout
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def heldout_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return y
