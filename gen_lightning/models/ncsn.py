@@ -1,0 +1,197 @@
+"""Noise-conditional score network (NCSN, Song & Ermon 2019) sampled by annealed Langevin dynamics.
+
+A network learns the score of the data blurred by Gaussian noise of every level sigma_i of a
+geometric sequence (`GeometricSigmas`), by denoising score matching with lambda(sigma) = sigma^2
+(Song & Ermon 2019, eq. 5-6; `losses.dsm_loss`). Samples come from annealed Langevin dynamics
+from sigma_1 down to sigma_L (`AnnealedLangevin`, NCSN alg. 1 with NCSNv2's step sizes and a final
+denoising step).
+
+The score network. The injected `net` is a plain `forward(x, t, labels=None)` (nets/unet.py UNet
+for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data) and
+
+    s_theta(x, sigma) = net(x, t(sigma)) / sigma,   t(sigma) = 999 * log(sigma / sigma_L) / log(sigma_1 / sigma_L).
+
+- Dividing by sigma is NCSNv2's Technique 3 (Song & Ermon 2020, sec. 3.3): the true score has norm
+  ~ sqrt(D) / sigma, so the network output keeps a unit scale at every level; with lambda = sigma^2 the
+  loss becomes 1/2 ||net(x + sigma z, t) + z||^2, an epsilon-prediction like DDPM's. NCSNv2 drops the
+  noise conditioning altogether; we keep it, as NCSN++ does (Song et al. 2021, `scale_by_sigma` with a
+  noise embedding), which costs nothing and helps at the small levels.
+- t(sigma) maps log sigma (evenly spaced for a geometric sequence) onto [0, 999], the range of DDPM's
+  timesteps that the nets' sinusoidal embedding was sized for: sigma_L -> 0 (least noise, like DDPM's
+  t = 0), sigma_1 -> 999. For geometric sigmas this is the noise-level index scaled to [0, 999].
+
+Value range: images in [-1, 1] (DESIGN.md's convention for NCSN). NCSN's code used [0, 1]; in
+[-1, 1] every distance doubles, so NCSNv2's sigmas (50 .. 0.01 on CIFAR-10) become 100 .. 0.02 and
+its eps (6.2e-6) becomes 4 x 6.2e-6 = 2.48e-5 (alpha scales with sigma^2). GMM data has no range.
+
+`val/loss` and `test/loss` are the DSM loss on held-out data with the noise levels and noise drawn
+from a generator seeded by the batch index, so they are comparable from epoch to epoch. A score model
+defines no normalized density here (that needs the probability-flow ODE), so NLL/bits-per-dim and
+KL(data || model) are omitted; sample metrics (GMMMetrics, ClassifierMetrics) come from callbacks.
+
+EMA: add `lightning.pytorch.callbacks.EMAWeightAveraging` to the callbacks (after SampleGrid);
+validation, the sample grid and checkpoints then use the averaged weights (NCSNv2 Technique 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from gen_lightning import losses
+from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.models.base import GenerativeModel
+from gen_lightning.samplers.langevin import AnnealedLangevin
+from gen_lightning.samplers.sigmas import GeometricSigmas
+
+T_MAX = 999.0  # t(sigma_1): DDPM's largest timestep index (T = 1000), the range the sinusoidal embedding expects
+
+NO_LIKELIHOOD = "NCSN learns a score, not a normalized density (that would need the probability-flow ODE)"
+OMITTED_METRICS = {
+    "test/nll": NO_LIKELIHOOD,
+    "test/bpd": NO_LIKELIHOOD,
+    "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
+}
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Run `module` in eval mode (no dropout), then restore its mode."""
+    was_training = module.training
+    module.train(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+class NCSN(GenerativeModel):
+    """An unconditional NCSN: `net` scores x at each noise level of `sigmas`; `sampler` draws samples with it."""
+
+    conditional = False
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sigmas: GeometricSigmas,
+        sampler: AnnealedLangevin,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        if getattr(net, "num_classes", None) is not None:
+            raise ConfigError(f"NCSN is unconditional but the net has num_classes={net.num_classes}; set its num_classes: null")
+        self.save_hyperparameters()
+        self.net, self.sigmas, self.sampler = net, sigmas, sampler
+        self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
+        self.network_evaluations_per_sample = sampler.network_evaluations(sigmas)
+        self.omitted_metrics = dict(OMITTED_METRICS)
+        self.metric_conventions = {
+            "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
+                         "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
+            "sampler": f"{sampler!r} over {sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample",
+        }
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images must be in [-1, 1] (the sigmas are set for it), and the net must map data to data's shape."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(
+                f"NCSN's sigmas and step sizes are set for images in [-1, 1], but {dm.dataset_name} yields "
+                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
+            )
+        data_shape = tuple(dm.data_shape)
+        x = torch.zeros(2, *data_shape, device=self.device)
+        try:
+            with torch.no_grad(), _eval_mode(self.net):
+                out = self.score(x, self.sigmas.to(self.device)[:2])
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ConfigError(f"the net cannot read data of shape {_shape(data_shape)} ({str(e).splitlines()[0]}); "
+                              "set the net's in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
+        if tuple(out.shape[1:]) != data_shape:
+            raise ConfigError(f"the net outputs {_shape(out.shape[1:])} for data of shape {_shape(data_shape)}; "
+                              "a score has the data's shape: set the net's out_channels to the data's channels")
+
+    # ---- the score ------------------------------------------------------------------------
+    def noise_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """t(sigma) = 999 log(sigma / sigma_L) / log(sigma_1 / sigma_L): (B,) in [0, 999] for the net's embedding."""
+        return T_MAX * torch.log(sigma / self.sigmas.sigma_min) / math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """s_theta(x, sigma) = net(x, t(sigma)) / sigma (NCSNv2 Technique 3): `(B, *shape)`, sigma `(B,)`."""
+        sigma_b = sigma.view(-1, *([1] * (x.ndim - 1)))  # (B,) -> (B, 1, ...)
+        return self.net(x, self.noise_t(sigma)) / sigma_b
+
+    def dsm(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The DSM loss of a batch, one noise level sigma ~ U{sigma_1..sigma_L} and one z ~ N(0, I) per example."""
+        levels = self.sigmas.to(x0.device)
+        i = torch.randint(0, len(levels), (x0.shape[0],), device=x0.device, generator=generator)
+        z = torch.randn(x0.shape, device=x0.device, generator=generator)
+        return losses.dsm_loss(self.score, x0, levels[i], z).mean()
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x0, _ = batch
+        loss = self.dsm(x0)
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop a diverged run before its weights change, so that the last checkpoint stays the last good one."""
+        if math.isfinite(loss.item()):
+            return
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
+        raise TrainingDivergedError(
+            f"the DSM loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
+            f"before updating the weights, and the last checkpoint{where} is the last good one. Lower the learning rate"
+        )
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
+        if self.scheduler_callable is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+
+    # ---- validation and test: the DSM loss on held-out data, with seeded noise -----------------
+    def held_out_loss(self, batch, batch_idx: int) -> torch.Tensor:
+        x0, _ = batch
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        return self.dsm(x0, generator=g)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self.held_out_loss(batch, batch_idx), prog_bar=True, batch_size=batch[0].shape[0])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log("test/loss", self.held_out_loss(batch, batch_idx), batch_size=batch[0].shape[0])
+
+    # ---- sampling -----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """n samples `(n, *data_shape)` by annealed Langevin in eval mode, clamped to the data's range.
+
+        With `return_trajectory`, also the (unclamped) states after each noise level, `(L + 2, n, *data_shape)`.
+        """
+        self.check_labels(labels)
+        if n < 1:
+            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        if self.data_shape is None:
+            raise ConfigError("the model has no data shape yet; fit it, load a checkpoint, or call bind_data(dm) first")
+        with _eval_mode(self.net):
+            out = self.sampler(self.score, self.sigmas, (n, *self.data_shape), device=self.device, generator=generator,
+                               return_trajectory=return_trajectory)
+        x, trajectory = out if return_trajectory else (out, None)
+        x = x if self.value_range is None else x.clamp(*self.value_range)
+        return (x, trajectory) if return_trajectory else x

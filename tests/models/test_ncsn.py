@@ -1,0 +1,137 @@
+"""The NCSN LightningModule: the score's parametrization, the DSM loss with an oracle network,
+one training step, sampling, and the data checks."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from gen_lightning.data.base import ImageDataModule
+from gen_lightning.data.gmm import GMMDataModule
+from gen_lightning.errors import ConfigError
+from gen_lightning.models.ncsn import NCSN
+from gen_lightning.nets.denoiser_mlp import DenoiserMLP
+from gen_lightning.nets.unet import UNet
+from gen_lightning.samplers.langevin import AnnealedLangevin
+from gen_lightning.samplers.sigmas import GeometricSigmas
+
+
+class Squares(ImageDataModule):
+    """(1, 8, 8) images: a bright 4x4 square in one of four corners on a dark background."""
+
+    data_shape = (1, 8, 8)
+    num_classes = 4
+
+    def setup(self, stage=None):
+        if self._splits:
+            return
+        y = torch.arange(300) % 4
+        x = torch.zeros(300, 1, 8, 8, dtype=torch.uint8)
+        for c in range(4):
+            r, col = divmod(c, 2)
+            x[y == c, :, 4 * r : 4 * r + 4, 4 * col : 4 * col + 4] = 255
+        self._set_splits(train=(x[:200], y[:200]), test=(x[200:], y[200:]))
+
+
+class OracleForPointMass(nn.Module):
+    """The optimal net for data at 0: x~ = sigma z, so net(x~, t) = sigma s(x~) = -x~ / sigma, with sigma read back from t."""
+
+    def __init__(self, sigmas: GeometricSigmas):
+        super().__init__()
+        self.sigmas = sigmas
+        self.unused = nn.Linear(1, 1)
+
+    def forward(self, x, t, labels=None):
+        log_ratio = math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
+        sigma = self.sigmas.sigma_min * torch.exp(t / 999.0 * log_ratio)  # inverts NCSN.noise_t
+        return -x / sigma.view(-1, *([1] * (x.ndim - 1)))
+
+
+def gmm_model(**sampler_kwargs) -> NCSN:
+    sigmas = GeometricSigmas(sigma_max=6.0, sigma_min=0.02, num_levels=5)
+    sampler = AnnealedLangevin(**({"n_steps_each": 3, "step_lr": 1e-4} | sampler_kwargs))
+    return NCSN(DenoiserMLP(dim=2, hidden=32, depth=2, time_embed_dim=16), sigmas, sampler)
+
+
+def gmm_data(n_train=512) -> GMMDataModule:
+    dm = GMMDataModule(preset="grid25", n_train=n_train, n_val=256, n_test=256, batch_size=128)
+    dm.setup()
+    return dm
+
+
+def test_noise_conditioning_spans_0_to_999_and_the_score_is_net_over_sigma():
+    model = gmm_model()
+    s = model.sigmas.sigmas
+    t = model.noise_t(s)
+    torch.testing.assert_close(t[[0, -1]], torch.tensor([999.0, 0.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(t, torch.linspace(999.0, 0.0, 5), atol=1e-3, rtol=0)  # geometric sigmas: evenly spaced t
+    x = torch.randn(5, 2)
+    net_out = model.net(x, t)
+    torch.testing.assert_close(model.score(x, s), net_out / s[:, None])
+
+
+def test_dsm_loss_of_the_oracle_net_is_zero_on_point_mass_data():
+    sigmas = GeometricSigmas(sigma_max=6.0, sigma_min=0.02, num_levels=5)
+    model = NCSN(OracleForPointMass(sigmas), sigmas, AnnealedLangevin())
+    g = torch.Generator().manual_seed(0)
+    assert model.dsm(torch.zeros(64, 1, 4, 4), generator=g).item() == pytest.approx(0.0, abs=1e-8)
+    # the untrained DenoiserMLP outputs 0 (zero-initialized last layer): loss = E 1/2 ||z||^2 = D/2 = 1
+    untrained = gmm_model()
+    loss = untrained.dsm(torch.randn(20000, 2, generator=g), generator=g).item()
+    assert loss == pytest.approx(1.0, rel=0.03)  # 1/2 chi2_2 per example, SE 0.7% over 20,000
+
+
+def test_held_out_loss_is_seeded_by_batch_index():
+    model = gmm_model()
+    batch = (torch.randn(32, 2), torch.zeros(32, dtype=torch.long))
+    with torch.no_grad():
+        a, b, c = (model.held_out_loss(batch, i) for i in (3, 3, 4))
+    assert a.item() == b.item() and a.item() != c.item()
+
+
+def test_one_training_step_changes_the_parameters():
+    model = gmm_model()
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, datamodule=gmm_data())
+    after = model.net.state_dict()
+    assert not torch.equal(before["out.weight"], after["out.weight"])  # the zero-initialized output layer learns first
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "out.bias" in changed and "inp.weight" not in changed  # Adam's first step moves only params with gradients:
+    # the output layer is 0, so nothing below it gets a gradient on step 1 (a check of the zero init, not a bug)
+
+
+def test_sampling_shapes_reproducibility_and_network_evaluations():
+    model = gmm_model(n_steps_each=3)
+    model.bind_data(gmm_data())
+    assert model.network_evaluations_per_sample == 5 * 3 + 1
+    x = model.sample(7, generator=torch.Generator().manual_seed(0))
+    y, traj = model.sample(7, generator=torch.Generator().manual_seed(0), return_trajectory=True)
+    assert x.shape == (7, 2) and torch.equal(x, y) and traj.shape == (5 + 2, 7, 2)
+    with pytest.raises(ConfigError, match="unconditional"):
+        model.sample(2, labels=torch.zeros(2, dtype=torch.long))
+
+
+def test_image_samples_stay_in_range_and_the_unet_fits():
+    net = UNet(in_channels=1, image_size=8, channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[], dropout=0.0)
+    model = NCSN(net, GeometricSigmas(sigma_max=10.0, sigma_min=0.02, num_levels=3), AnnealedLangevin(n_steps_each=2))
+    dm = Squares(value_range="-1,1", val_size=50)
+    dm.setup()
+    model.bind_data(dm)
+    x = model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert "test/nll" in model.omitted_metrics
+
+
+def test_data_checks_refuse_what_does_not_fit():
+    net = UNet(in_channels=1, image_size=8, channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[], dropout=0.0)
+    model = NCSN(net, GeometricSigmas(10.0, 0.02, 3), AnnealedLangevin())
+    with pytest.raises(ConfigError, match=r'value_range: "-1,1"'):
+        model.bind_data(Squares(value_range="0,1"))
+    with pytest.raises(ConfigError, match="the net cannot read data of shape"):
+        model.bind_data(gmm_data(n_train=16))
+    with pytest.raises(ConfigError, match="num_classes: null"):
+        NCSN(DenoiserMLP(dim=2, hidden=8, depth=1, num_classes=4), GeometricSigmas(10.0, 0.02, 3), AnnealedLangevin())
