@@ -13,6 +13,7 @@ the chain starts at t = T-1 (Lin et al. 2024), which matters with few steps.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -45,14 +46,19 @@ class DDIMSampler(DiffusionSampler):
             return [i * T // S for i in range(S - 1, -1, -1)]
         return [round(T - i * T / S) - 1 for i in range(S)]
 
+    def coefficients(self, schedule: NoiseSchedule, t: int, t_prev: int) -> tuple[float, float, float]:
+        """alpha_bar_t, alpha_bar_prev (1 when t_prev = -1) and sigma of DDIM eq. 16, in float64."""
+        alpha_bar = schedule.alpha_bar_f64[t].item()
+        alpha_bar_prev = schedule.alpha_bar_f64[t_prev].item() if t_prev >= 0 else 1.0
+        sigma = self.eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+        return alpha_bar, alpha_bar_prev, sigma
+
     def step(self, denoiser: Denoiser, xt: torch.Tensor, t: int, t_prev: int, generator: torch.Generator | None) -> torch.Tensor:
         """DDIM eq. 12 with sigma from eq. 16."""
         schedule = denoiser.schedule
         x0, eps = denoiser(xt, torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long))
-        alpha_bar = schedule.alpha_bar[t]
-        alpha_bar_prev = schedule.alpha_bar[t_prev] if t_prev >= 0 else torch.ones_like(alpha_bar)
-        sigma = self.eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
-        x_prev = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        alpha_bar, alpha_bar_prev, sigma = self.coefficients(schedule, t, t_prev)
+        x_prev = math.sqrt(alpha_bar_prev) * x0 + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps
         if self.eta > 0 and t_prev >= 0:
             x_prev = x_prev + sigma * noise_like(xt, generator)
         return x_prev

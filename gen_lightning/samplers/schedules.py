@@ -52,6 +52,7 @@ class NoiseSchedule:
         alpha_bar = torch.cumprod(alphas, 0)
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         self.num_steps = len(betas)
+        self.alpha_bar_f64 = alpha_bar  # float64 on the CPU, for per-step scalars (DDIM), never moved
         tensors = {
             "betas": betas,
             "alphas": alphas,
