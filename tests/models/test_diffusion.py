@@ -1,0 +1,115 @@
+"""DDPM and ConditionalDDPM: one training step changes the net, sampling shapes and label rules,
+label dropout, network evaluations per sample, data checks, and the variational bound's pieces."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gen_lightning.errors import ConfigError
+from gen_lightning.models.diffusion import ConditionalDDPM, DDPM, _discretized_gaussian_log_likelihood, _normal_kl
+from gen_lightning.nets.denoiser_mlp import DenoiserMLP
+from gen_lightning.nets.unet import UNet
+from gen_lightning.samplers import DDIMSampler, DDPMSampler, LinearSchedule
+
+
+def _dm(shape=(2,), num_classes=None, value_range=None, name="toy"):
+    return SimpleNamespace(data_shape=shape, num_classes=num_classes, value_range=value_range, dataset_name=name,
+                           describe=lambda: {"name": name})
+
+
+def _mlp_model(cls=DDPM, num_classes=None, **kw):
+    net = DenoiserMLP(dim=2, hidden=32, depth=2, time_embed_dim=16, num_classes=num_classes)
+    model = cls(net, schedule=LinearSchedule(num_steps=50), sampler=DDIMSampler(10), **kw)
+    model.bind_data(_dm(num_classes=num_classes))
+    return model
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_one_training_step_changes_the_net(prediction):
+    torch.manual_seed(0)
+    model = _mlp_model(prediction=prediction)
+    opt = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.net.parameters()]
+    loss = model.loss(torch.randn(64, 2), None)
+    assert loss.item() > 0
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters()))
+
+
+def test_untrained_eps_net_has_unit_simple_loss():
+    """The zero-initialized output layer predicts eps = 0, so the eps-MSE is E[eps^2] = 1."""
+    model = _mlp_model()
+    g = torch.Generator().manual_seed(0)
+    assert model.loss(torch.randn(20_000, 2, generator=g), None, generator=g).item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_sample_shapes_labels_and_evaluations():
+    model = _mlp_model()
+    x = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 2)
+    assert torch.equal(x, model.sample(5, generator=torch.Generator().manual_seed(0)))
+    assert model.trajectory(3, generator=torch.Generator().manual_seed(0)).shape == (11, 3, 2)
+    assert model.network_evaluations_per_sample == 10
+    with pytest.raises(ConfigError, match="unconditional"):
+        model.sample(2, labels=torch.tensor([0, 1]))
+    model.sampler = DDPMSampler()
+    assert model.network_evaluations_per_sample == 50
+
+
+def test_conditional_label_dropout_guidance_and_evaluations():
+    model = _mlp_model(ConditionalDDPM, num_classes=4, label_dropout=0.25, guidance_scale=3.0)
+    torch.manual_seed(0)
+    labels = model.training_labels(torch.zeros(20_000, dtype=torch.long))
+    assert set(labels.unique().tolist()) == {0, 4}  # 4 = the null token
+    assert (labels == 4).float().mean().item() == pytest.approx(0.25, abs=0.015)
+    assert model.network_evaluations_per_sample == 20  # guided: two passes per step
+    assert model.sample(3, labels=torch.tensor([0, 1, 3])).shape == (3, 2)
+    with pytest.raises(ConfigError, match="pass labels"):
+        model.sample(3)
+    model.guidance_scale = 1.0
+    assert model.network_evaluations_per_sample == 10
+    with pytest.raises(ConfigError, match="label_dropout"):
+        ConditionalDDPM(DenoiserMLP(num_classes=4), label_dropout=0.0, guidance_scale=2.0)
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        ConditionalDDPM(DenoiserMLP(num_classes=4), guidance_scale=-1.0)
+
+
+def test_check_data_refuses_what_does_not_fit():
+    with pytest.raises(ConfigError, match=r"\[-1, 1\]"):
+        DDPM(UNet(1, 28, channels=16, num_res_blocks=1)).bind_data(_dm((1, 28, 28), value_range=(0.0, 1.0)))
+    with pytest.raises(ConfigError, match="cannot read data of shape"):
+        DDPM(UNet(1, 28, channels=16, num_res_blocks=1)).bind_data(_dm((3, 32, 32), value_range=(-1.0, 1.0)))
+    with pytest.raises(ConfigError, match="ConditionalDDPM"):
+        DDPM(DenoiserMLP(num_classes=3)).bind_data(_dm(num_classes=3))
+    with pytest.raises(ConfigError, match="num_classes: 3"):
+        ConditionalDDPM(DenoiserMLP()).bind_data(_dm(num_classes=3))
+    with pytest.raises(ConfigError, match="prediction"):
+        DDPM(DenoiserMLP(), prediction="score")
+
+
+def test_vlb_pieces_closed_forms():
+    # KL(N(0, 1) || N(1, e^2)) = log(e) + (1 + 1) / (2 e^2) - 1/2 = 1 + 1/e^2 - 1/2
+    kl = _normal_kl(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0), torch.tensor(2.0))
+    assert kl.item() == pytest.approx(0.5 + math.exp(-2.0))
+    # a decoder much narrower than a bin puts all its mass in the bin: log P = 0; the 256 bins sum to 1
+    x = torch.tensor([0.0, 1.0, -1.0])
+    assert torch.allclose(_discretized_gaussian_log_likelihood(x, x, torch.full((3,), -10.0)), torch.zeros(3), atol=1e-6)
+    grid = torch.linspace(-1, 1, 256)
+    p = _discretized_gaussian_log_likelihood(grid, torch.full((256,), 0.3), torch.full((256,), math.log(0.2))).exp()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_vlb_bits_per_dim_of_an_untrained_net():
+    """For T = 4 and a net that predicts eps = 0, the bound is finite, positive, and the same for the same seed."""
+    model = DDPM(UNet(1, 8, channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[]),
+                 schedule=LinearSchedule(num_steps=4, beta_start=0.1, beta_end=0.5), vlb_bpd=True)
+    model.bind_data(_dm((1, 8, 8), value_range=(-1.0, 1.0)))
+    x0 = torch.randint(0, 256, (2, 1, 8, 8)).float() / 127.5 - 1
+    torch.manual_seed(0)
+    bpd = model.vlb_bits_per_dim(x0)
+    assert bpd.shape == (2,) and torch.isfinite(bpd).all() and (bpd > 0).all()
+    torch.manual_seed(0)
+    assert torch.equal(bpd, model.vlb_bits_per_dim(x0))
