@@ -86,19 +86,27 @@ class MixtureOfGaussians(Likelihood):
 
     `params` `(B, 3K*D)`: K mixture logits, K means and K raw log-stds per dimension (parameter-major).
     The log-std has a smooth floor at log(min_std), as the density is unbounded when sigma -> 0.
+    Component k's mean is the net's output plus a fixed offset spread * ((2k + 1)/K - 1), evenly
+    spaced in [-spread, spread]: a freshly initialized net puts every component near 0, and a
+    1-D mixture whose components start together separates them slowly (on ring8, p(x1) stayed
+    at 3 merged components after 600 steps, KL 2.1 nats; with the offsets, see tests/e2e).
     """
 
     discrete = False
 
-    def __init__(self, num_components: int = 10, min_std: float = 1e-3):
+    def __init__(self, num_components: int = 10, min_std: float = 1e-3, spread: float = 2.0):
         super().__init__()
         if num_components < 1:
             raise ConfigError(f"num_components must be >= 1, got {num_components}")
         if min_std <= 0:
             raise ConfigError(f"min_std must be > 0, got {min_std}")
+        if spread < 0:
+            raise ConfigError(f"spread must be >= 0, got {spread}; it spaces the components' initial means in [-spread, spread]")
         self.num_components = num_components
         self.params_per_channel = 3 * num_components
         self.min_log_std = math.log(min_std)
+        k = torch.arange(num_components, dtype=torch.float32)
+        self.register_buffer("mean_offsets", spread * ((2 * k + 1) / num_components - 1)[:, None])  # (K, 1)
 
     def check(self, dm) -> None:
         if len(dm.data_shape) == 3:
@@ -108,13 +116,13 @@ class MixtureOfGaussians(Likelihood):
             )
 
     def describe(self) -> str:
-        return f"mixture of {self.num_components} Gaussians per conditional (std floor {math.exp(self.min_log_std):g})"
+        return f"mixture of {self.num_components} Gaussians per conditional (std floor {math.exp(self.min_log_std):g}, means offset evenly in [-spread, spread])"
 
     def components(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log pi, mu, log sigma, each `(B, K, D)`."""
         logits, mu, raw = params.unflatten(1, (3, self.num_components, -1)).unbind(1)  # (B, 3K*D) -> 3 x (B, K, D)
         log_std = self.min_log_std + F.softplus(raw - self.min_log_std)
-        return logits.log_softmax(1), mu, log_std
+        return logits.log_softmax(1), mu + self.mean_offsets, log_std
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         log_pi, mu, log_std = self.components(params)
