@@ -122,8 +122,14 @@ class ActNorm(nn.Module):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         per_channel = at_least_float32(x.transpose(0, 1).flatten(1))  # (B, C, ...) -> (C, B*H*W)
-        self.bias.copy_(-per_channel.mean(1))
-        self.logs.copy_(-torch.log(per_channel.std(1, unbiased=False) + self.eps))
+        moments = torch.stack([per_channel.mean(1), per_channel.pow(2).mean(1)])  # (2, C): E[x], E[x^2]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # under DDP every rank must start from the same weights: average the moments over the ranks' batches
+            torch.distributed.all_reduce(moments)
+            moments /= torch.distributed.get_world_size()
+        mean, var = moments[0], (moments[1] - moments[0].pow(2)).clamp_min(0)
+        self.bias.copy_(-mean)
+        self.logs.copy_(-torch.log(var.sqrt() + self.eps))
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
