@@ -147,6 +147,10 @@ class GatedPixelCNN(nn.Module):
         c, s = self.in_channels, self.image_size
         if tuple(x.shape[1:]) != (c, s, s):
             raise ValueError(f"GatedPixelCNN was built for images (B, {c}, {s}, {s}), got {tuple(x.shape)}")
+        return self._params(x)
+
+    def _params(self, x: torch.Tensor) -> torch.Tensor:
+        """The stacks and head on any number of rows: row i of the output reads rows <= i only."""
         x = 2 * x - 1  # [0, 1] -> [-1, 1]
         v, h = x, x
         for layer in self.layers:
@@ -155,12 +159,15 @@ class GatedPixelCNN(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, likelihood, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples `(n, C, H, W)`: one network evaluation per pixel and channel, raster order, R -> G -> B."""
+        """n samples `(n, C, H, W)`: one network evaluation per pixel and channel, raster order, R -> G -> B.
+
+        The evaluation for row i runs on rows 0..i only (the rows below cannot reach it), half the work on average.
+        """
         c, s = self.in_channels, self.image_size
         x = torch.zeros(n, c, s, s, device=self.head[1].weight.device)
         for i in range(s):
             for j in range(s):
                 for ch in range(c):
-                    params = self(x)[:, :, i : i + 1, j : j + 1]  # (n, P*C, 1, 1)
+                    params = self._params(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]  # (n, P*C, 1, 1)
                     x[:, ch, i, j] = likelihood.sample(params, generator=generator)[:, ch, 0, 0]
         return x

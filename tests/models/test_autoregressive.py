@@ -34,14 +34,14 @@ def bound(net, likelihood, dm) -> AutoregressiveModel:
 def test_categorical256_uniform_logits_give_d_log_256():
     x = torch.randint(0, 256, (2, 3, 2, 2)).float() / 255
     params = torch.zeros(2, 256 * 3, 2, 2)
-    torch.testing.assert_close(Categorical256().log_prob(params, x), torch.full((2,), -12 * math.log(256)))
+    assert torch.allclose(Categorical256().log_prob(params, x), torch.full((2,), -12 * math.log(256)))
 
 
 def test_categorical256_puts_the_mass_where_the_logit_is():
     params = torch.full((1, 256, 1, 1), -1e4)
     params[0, 17] = 0.0  # all mass on k = 17
     x = torch.full((1, 1, 1, 1), 17 / 255)
-    torch.testing.assert_close(Categorical256().log_prob(params, x), torch.zeros(1))
+    assert torch.allclose(Categorical256().log_prob(params, x), torch.zeros(1))
     assert Categorical256().sample(params).item() == pytest.approx(17 / 255)
     assert Categorical256().mean(params).item() == pytest.approx(17 / 255)
 
@@ -57,11 +57,17 @@ def test_one_component_mixture_is_a_gaussian():
 
 def test_mixture_samples_have_the_mixtures_moments():
     """pi = (0.25, 0.75), mu = (-2, 2), sigma = (0.5, 1): mean 1, variance 0.25*4.25 + 0.75*5 - 1 = 3.8125."""
-    mog = MixtureOfGaussians(num_components=2, min_std=1e-6)
+    mog = MixtureOfGaussians(num_components=2, min_std=1e-6, spread=0.0)
     params = torch.tensor([[math.log(0.25), math.log(0.75), -2.0, 2.0, math.log(0.5), 0.0]]).expand(40000, -1)
     x = mog.sample(params, generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(1.0, abs=0.03)
     assert x.var().item() == pytest.approx(3.8125, abs=0.08)
+
+
+def test_mixture_means_start_evenly_spread():
+    mog = MixtureOfGaussians(num_components=4, spread=2.0)
+    _, mu, _ = mog.components(torch.zeros(1, 12))  # a net that outputs 0: the means are the offsets
+    assert mu[0, :, 0].tolist() == [-1.5, -0.5, 0.5, 1.5]
 
 
 def test_mog_made_density_integrates_to_one_on_a_grid():
@@ -85,8 +91,8 @@ def test_ensemble_log_prob_is_the_log_mean_of_the_masks_probabilities():
     x = torch.tensor(list(itertools.product([0.0, 1.0], repeat=6))).view(-1, 1, 2, 3)
     with torch.no_grad():
         each = torch.stack([model.log_prob_one_mask(x, m).exp() for m in range(3)])  # (3, 64)
-        torch.testing.assert_close(model.log_prob(x).exp(), each.mean(0))
-        torch.testing.assert_close(model.log_prob(x).logsumexp(0).exp(), torch.tensor(1.0))
+        assert torch.allclose(model.log_prob(x).exp(), each.mean(0), atol=1e-7)
+        assert abs(model.log_prob(x).logsumexp(0).exp().item() - 1.0) < 1e-5
 
 
 def test_sample_has_the_data_shape_and_refuses_labels():
