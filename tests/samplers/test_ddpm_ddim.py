@@ -180,3 +180,36 @@ def test_sampler_errors():
     with pytest.raises(ConfigError, match="variance"):
         DDPMSampler(variance="learned")
     assert DDIMSampler(1000).coefficients(SCHEDULE, 0, -1)[1] == 1.0
+
+
+class MixtureOracle(nn.Module):
+    """E[eps | x_t] = -sqrt(1 - ab) grad log q(x_t) for a Gaussian mixture: q(x_t) = sum_k w_k N(sqrt(ab) mu_k, ab s_k^2 + 1 - ab)."""
+
+    def __init__(self, schedule, gmm):
+        super().__init__()
+        self.schedule, self.gmm = schedule, gmm
+
+    def forward(self, xt, t, labels=None):
+        ab = self.schedule.alpha_bar[t.long()][:, None, None]  # (B, 1, 1)
+        mu = ab.sqrt() * self.gmm.means[None]  # (B, K, 2)
+        var = ab * self.gmm.stds[None, :, None] ** 2 + 1 - ab  # (B, K, 1)
+        log_w = self.gmm.weights.log()[None] - ((xt[:, None] - mu) ** 2 / var).sum(-1) / 2 - var[..., 0].log()  # (B, K)
+        score = (torch.softmax(log_w, 1)[..., None] * -(xt[:, None] - mu) / var).sum(1)  # (B, 2)
+        return -(1 - ab[:, 0]).sqrt() * score
+
+
+def test_the_exact_mixture_score_samples_every_grid25_mode():
+    """With the exact eps of grid25 (25 modes, std 0.05), the samplers cover every mode, nearly all samples within 3 std.
+
+    Measured on 2,500 samples: DDPM-1000 99.3% high quality, DDIM-50 99.7%, DDIM-10 81%. DDPM runs on 300
+    samples here (1,000 steps over 25 components is the slow part), too few for the 20-per-mode coverage rule.
+    """
+    from gen_lightning.data.gmm import GaussianMixture
+    from gen_lightning.metrics.gmm import gmm_mode_metrics
+
+    gmm = GaussianMixture.preset("grid25")
+    denoiser = Denoiser(MixtureOracle(SCHEDULE, gmm), SCHEDULE)
+    m = gmm_mode_metrics(DDIMSampler(50).sample(denoiser, (2500, 2), generator=torch.Generator().manual_seed(0)), gmm)
+    assert m["modes_covered"] == 25 and m["high_quality_fraction"] > 0.97 and m["reverse_kl_modes"] < 0.02
+    m = gmm_mode_metrics(DDPMSampler().sample(denoiser, (300, 2), generator=torch.Generator().manual_seed(0)), gmm)
+    assert m["high_quality_fraction"] > 0.97
