@@ -133,6 +133,6 @@ class MADE(nn.Module):
     def _sample_one_mask(self, n: int, mask: int, likelihood, generator) -> torch.Tensor:
         x = torch.zeros(n, self.num_dims, device=self.output_layer.weight.device)
         for d in self.order(mask).tolist():  # one network evaluation per dimension
-            params = self(x, mask).view(n, self.params_per_dim, self.num_dims)[:, :, d]  # (n, P*D) -> (n, P)
+            params = self(x.view(n, *self.in_shape), mask).view(n, self.params_per_dim, self.num_dims)[:, :, d]  # (n, P)
             x[:, d] = likelihood.sample(params, generator=generator)[:, 0]  # (n, P) -> (n, 1)
         return x

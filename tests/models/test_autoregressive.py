@@ -95,8 +95,10 @@ def test_ensemble_log_prob_is_the_log_mean_of_the_masks_probabilities():
         assert abs(model.log_prob(x).logsumexp(0).exp().item() - 1.0) < 1e-5
 
 
-def test_sample_has_the_data_shape_and_refuses_labels():
-    model = bound(NADE([1, 2, 2], hidden=4), Bernoulli(), fake_dm((1, 2, 2)))
+@pytest.mark.parametrize("net", [NADE([1, 2, 2], hidden=4), MADE([1, 2, 2], hidden=[8], num_masks=2),
+                                 GatedPixelCNN(1, 2, 1, 4, 1, 3, 3, 4)], ids=lambda n: type(n).__name__)
+def test_sample_has_the_data_shape_and_refuses_labels(net):
+    model = bound(net, Bernoulli(), fake_dm((1, 2, 2)))
     x = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (5, 1, 2, 2) and set(x.unique().tolist()) <= {0.0, 1.0}
     assert model.training  # sample() switches to eval mode and back
