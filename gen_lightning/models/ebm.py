@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning.errors import ConfigError, TrainingDivergedError
@@ -77,7 +77,7 @@ def _check_hparams(**h) -> None:
 
 
 class EBM(GenerativeModel):
-    """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`."""
+    """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`; `scheduler` (optional) steps once per epoch."""
 
     conditional = False
 
@@ -85,6 +85,7 @@ class EBM(GenerativeModel):
         self,
         energy: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
         sgld_steps: int = 20,
         sample_steps: int = 100,
         step_size: float = 1.0,
@@ -103,7 +104,7 @@ class EBM(GenerativeModel):
                        alpha=alpha, buffer_size=buffer_size, reinit_prob=reinit_prob, data_noise=data_noise,
                        max_energy=max_energy, init_range=init_range)  # fmt: skip
         self.save_hyperparameters()
-        self.energy, self.optimizer_callable = energy, optimizer
+        self.energy, self.optimizer_callable, self.scheduler_callable = energy, optimizer, scheduler
         self.sgld_steps, self.sample_steps, self.step_size, self.noise_std = sgld_steps, sample_steps, step_size, noise_std
         self.alpha, self.buffer_size, self.reinit_prob, self.data_noise = alpha, buffer_size, reinit_prob, data_noise
         self.init_range = tuple(init_range) if init_range is not None else None
@@ -228,7 +229,10 @@ class EBM(GenerativeModel):
         )
 
     def configure_optimizers(self):
-        return self.build_optimizer(self.optimizer_callable, self.energy.parameters())
+        optimizer = self.build_optimizer(self.optimizer_callable, self.energy.parameters())
+        if self.scheduler_callable is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
 
     # ---- validation and test ---------------------------------------------------------------
     def buffer_distance(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
