@@ -12,7 +12,9 @@ u ~ U[0, 1)^D (Theis et al. 2016), so the density of y on [0, 1)^D bounds the pr
 8-bit image, -log2 P(k)/D <= bpd = (nll_y + D ln 256) / (D ln 2) in expectation over u (DESIGN.md).
 With `logit_alpha`, the flow models w = logit(alpha + (1 - 2 alpha) y) instead (RealNVP, sec. 4.1,
 alpha = 0.05), and the Jacobian log|dw/dy| is added, so nll_y is still the density of y.
-Variational dequantization (Flow++) is not implemented. 2-D data (GMM) is modeled as it is.
+With a `dequantizer` (nets.flows.VariationalDequantizer), u is drawn from a learned q(u | x)
+instead (Flow++, Ho et al. 2019), and the NLL becomes -[log p(y) - log q(u | x)], whose
+expectation bounds the same quantity more tightly. 2-D data (GMM) is modeled as it is.
 
 Sampling draws z ~ N(0, T^2 I) with temperature T (`sample_temperature`, Glow sec. 5) and
 returns inverse(z), mapped back to 8-bit values in [0, 1] for images.
@@ -92,6 +94,8 @@ class Flow(GenerativeModel):
     """A normalizing flow with an injected invertible `net` (`gen_lightning.nets.flows`).
 
     `net.forward(x) -> (z, logdet)` with z of x's shape, `net.inverse(z) -> x`.
+    `dequantizer`: optional variational dequantization q(u | x) (`forward(x, generator) -> (u, log_q)`);
+    None is uniform dequantization.
     `logit_alpha`: the logit preprocessing of images (null turns it off); ignored for 2-D data.
     `sample_temperature`: the default T of `sample()`; Glow shows T = 0.7 for its figures.
     `scheduler`: an optional learning-rate schedule, stepped once per epoch.
@@ -102,6 +106,7 @@ class Flow(GenerativeModel):
     def __init__(
         self,
         net: nn.Module,
+        dequantizer: nn.Module | None = None,
         logit_alpha: float | None = 0.05,
         sample_temperature: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -111,7 +116,7 @@ class Flow(GenerativeModel):
         super().__init__(predict_seed=predict_seed)
         _check_hparams(logit_alpha, sample_temperature)
         self.save_hyperparameters()
-        self.net = net
+        self.net, self.dequantizer = net, dequantizer
         self.logit_alpha, self.sample_temperature = logit_alpha, sample_temperature
         self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
         self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
@@ -137,6 +142,13 @@ class Flow(GenerativeModel):
                     "set data.init_args.binarize: none"
                 )
         self._check_net(data_shape)
+        if self.dequantizer is not None:
+            in_shape = tuple(getattr(self.dequantizer, "in_shape", data_shape))
+            if len(data_shape) != 3 or in_shape != data_shape:
+                raise ConfigError(
+                    f"the dequantizer is for 8-bit images of shape {in_shape}, but {dm.dataset_name} has shape {data_shape}; "
+                    "set its in_channels/image_size to the data's, or remove it (2-D data is not dequantized)"
+                )
 
     @torch.no_grad()
     def _check_net(self, data_shape: tuple[int, ...]) -> None:
@@ -180,6 +192,9 @@ class Flow(GenerativeModel):
             conventions["test/nll_nats"] = (
                 "-log p(y) per image in nats of the uniformly dequantized y = (k + u)/256, u ~ U[0,1)^D, one seeded "
                 f"draw per test batch{logit}"
+            ) if self.dequantizer is None else (
+                "-[log p(y) - log q(u|x)] per image in nats, y = (k + u)/256 with u ~ q(u|x) (variational "
+                f"dequantization, Flow++), one seeded draw per test batch{logit}: a bound in expectation"
             )
             conventions["bits_per_dim"] = f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
         if self.data_has_density:
@@ -187,14 +202,26 @@ class Flow(GenerativeModel):
         return conventions
 
     # ---- the density --------------------------------------------------------------------
+    def dequantize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """8-bit images -> y = (k + u)/256 and log q(u | x) per example (0 for uniform noise)."""
+        if self.dequantizer is None:
+            return uniform_dequantize(x, generator), x.new_zeros(x.shape[0])
+        u, log_q = self.dequantizer(x, generator)
+        return (torch.round(x * 255.0) + u) / 256.0, log_q
+
     def preprocess(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> what the flow sees, and log|d(that)/dy| per example: dequantized (and logit) images, 2-D data as is."""
+        """Data -> what the flow sees, and the terms added to its log-density per example.
+
+        Images: dequantized y (logit-transformed with `logit_alpha`), and log|dw/dy| - log q(u | x).
+        2-D data: as is, and 0.
+        """
         if not self.is_image:
             return x, x.new_zeros(x.shape[0])
-        y = uniform_dequantize(x, generator)
+        y, log_q = self.dequantize(x, generator)
         if self.logit_alpha is None:
-            return y, y.new_zeros(y.shape[0])
-        return logit_transform(y, self.logit_alpha)
+            return y, -log_q
+        w, log_jacobian = logit_transform(y, self.logit_alpha)
+        return w, log_jacobian - log_q
 
     def postprocess(self, w: torch.Tensor) -> torch.Tensor:
         """What the flow outputs -> the data's values: 8-bit images in [0, 1], 2-D data as is."""
@@ -204,10 +231,13 @@ class Flow(GenerativeModel):
         return quantize(y)
 
     def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """log p(x) per example `(B,)`, nats: exact for 2-D data, of one dequantized draw y for images."""
-        w, log_jacobian = self.preprocess(x, generator)
+        """log p(x) per example `(B,)`, nats: exact for 2-D data, of one dequantized draw y for images.
+
+        With a variational dequantizer this is log p(y) - log q(u | x), the Flow++ bound for one u.
+        """
+        w, correction = self.preprocess(x, generator)
         z, logdet = self.net(w)
-        return losses.standard_normal_log_prob(z.flatten(1).float()) + logdet.float() + log_jacobian.float()
+        return losses.standard_normal_log_prob(z.flatten(1).float()) + logdet.float() + correction.float()
 
     def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
         return bits_per_dim(nll, math.prod(self.data_shape))

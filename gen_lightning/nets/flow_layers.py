@@ -64,7 +64,8 @@ class AffineCoupling(nn.Module):
     """z = b*x + (1-b) * (x * exp(s(b*x)) + t(b*x)) (RealNVP, eq. 9); log|det| = sum (1-b) * s.
 
     `mask` b `(1, C, H, W)`-broadcastable (or `(1, D)`) selects the dimensions that pass through
-    and condition the rest. `net` maps `b*x` to `2*C` channels (s before scaling, then t).
+    and condition the rest. `net` maps `b*x` to `2*C` channels (s before scaling, then t); with a
+    `context` (a conditional flow, e.g. the variational dequantizer), it maps `cat(b*x, context)`.
     `scale` keeps s bounded for stability: "tanh" is s = a * tanh(h) with a learned per-channel
     a (RealNVP), "sigmoid" is exp(s) = sigmoid(h + 2), so the scale lies in (0, 1) (Glow).
     """
@@ -78,9 +79,10 @@ class AffineCoupling(nn.Module):
         channels = mask.shape[1]
         self.tanh_scale = nn.Parameter(torch.ones(channels)) if scale == "tanh" else None
 
-    def _s_t(self, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _s_t(self, x_b: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log-scale s and shift t, zero on the pass-through dimensions, in float32."""
-        h, t = at_least_float32(self.net(x_b)).chunk(2, dim=1)  # (B, 2C, ...) -> 2 x (B, C, ...)
+        inputs = x_b if context is None else torch.cat([x_b, context], dim=1)
+        h, t = at_least_float32(self.net(inputs)).chunk(2, dim=1)  # (B, 2C, ...) -> 2 x (B, C, ...)
         if self.scale == "tanh":
             s = _per_channel(self.tanh_scale, h) * torch.tanh(h)
         else:
@@ -88,15 +90,15 @@ class AffineCoupling(nn.Module):
         free = 1.0 - self.mask
         return s * free, t * free
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x_b = x * self.mask
-        s, t = self._s_t(x_b)
+        s, t = self._s_t(x_b, context)
         z = x_b + (1.0 - self.mask) * (x * torch.exp(s) + t)
         return z.to(x.dtype), s.flatten(1).sum(1)
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         z_b = z * self.mask
-        s, t = self._s_t(z_b)
+        s, t = self._s_t(z_b, context)
         x = z_b + (1.0 - self.mask) * ((z - t) * torch.exp(-s))
         return x.to(z.dtype)
 
@@ -300,17 +302,17 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetST(nn.Module):
-    """`(B, C, H, W) -> (B, 2C, H, W)`: s and t of a coupling from a small ResNet.
+    """`(B, C + context_channels, H, W) -> (B, 2C, H, W)`: s and t of a coupling from a small ResNet.
 
     The last convolution starts at zero, so every coupling starts as the identity (Glow, sec. 3.3).
     """
 
-    def __init__(self, channels: int, hidden: int = 64, num_blocks: int = 4):
+    def __init__(self, channels: int, hidden: int = 64, num_blocks: int = 4, context_channels: int = 0):
         super().__init__()
         if hidden < 1 or num_blocks < 0:
             raise ConfigError(f"the s/t ResNet needs hidden >= 1 and num_blocks >= 0, got {hidden} and {num_blocks}")
         self.net = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.Conv2d(channels + context_channels, hidden, 3, padding=1),
             *[ResidualBlock(hidden) for _ in range(num_blocks)],
             nn.BatchNorm2d(hidden), nn.ReLU(),
             nn.Conv2d(hidden, 2 * channels, 3, padding=1),

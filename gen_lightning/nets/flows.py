@@ -7,6 +7,7 @@
 - `Glow` (Kingma & Dhariwal 2018): multi-scale; each level is a squeeze, then K steps of
   ActNorm -> invertible 1x1 convolution -> affine coupling, then half the channels are factored out.
 - `VectorRealNVP`: couplings with alternating masks on vectors `(B, D)`, for 2-D data.
+- `VariationalDequantizer`: a conditional flow q(u | x) for the dequantization noise (Flow++), optional.
 
 Every network maps `forward(x) -> (z, logdet)` with z of x's shape (the factored-out latents and
 the last scale's output, flattened and concatenated in that order, then reshaped), so the base
@@ -19,6 +20,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gen_lightning.errors import ConfigError
@@ -228,3 +230,42 @@ class VectorRealNVP(FlowSequence):
             layers.append(AffineCoupling(alternating_mask(dim, k % 2), MLPST(dim, hidden, num_layers), scale))
         super().__init__(layers)
         self.in_shape = (dim,)
+
+
+class VariationalDequantizer(nn.Module):
+    """q(u | x) for dequantization noise u in (0, 1)^D (Flow++, Ho et al. 2019, sec. 3.1).
+
+    eps ~ N(0, I), h = f(eps; x) through `num_couplings` affine couplings with alternating checkerboard
+    masks whose s/t ResNets also see the image x (shifted to [-1/2, 1/2]), and u = sigmoid(h). Then
+    log q(u | x) = log N(eps; 0, I) - log|det dh/deps| - sum log sigmoid'(h), and
+    log P(x) >= E_q[log p(y) - log q(u | x)] - D ln 256 with y = (k + u) / 256 (Flow++, eq. 12).
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_couplings: int = 4, hidden: int = 32, num_blocks: int = 1):
+        super().__init__()
+        if in_channels < 1 or image_size < 2 or num_couplings < 1:
+            raise ConfigError(
+                f"VariationalDequantizer needs in_channels >= 1, image_size >= 2 and num_couplings >= 1, "
+                f"got {in_channels}, {image_size} and {num_couplings}"
+            )
+        self.in_shape = (in_channels, image_size, image_size)
+        self.couplings = nn.ModuleList(
+            AffineCoupling(checkerboard_mask(image_size, image_size, k % 2),
+                           ResNetST(in_channels, hidden, num_blocks, context_channels=in_channels), "tanh")
+            for k in range(num_couplings)
+        )
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """u ~ q(u | x) `(B, C, H, W)` in (0, 1) and log q(u | x) `(B,)`, for 8-bit images x in [0, 1]."""
+        eps = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return self.transform(eps, x)
+
+    def transform(self, eps: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map eps -> u given x, and log q(u | x) by the change of variables."""
+        context, h, logdet = x - 0.5, eps, 0.0
+        for coupling in self.couplings:
+            h, ld = coupling(h, context)
+            logdet = logdet + ld
+        log_sigmoid_grad = F.logsigmoid(h) + F.logsigmoid(-h)  # log sigmoid'(h) = log sigmoid(h) + log sigmoid(-h)
+        log_normal = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+        return torch.sigmoid(h), log_normal - logdet - log_sigmoid_grad.flatten(1).sum(1)

@@ -16,7 +16,7 @@ from gen_lightning.models.flow import (
     quantize,
     uniform_dequantize,
 )
-from gen_lightning.nets.flows import RealNVP, VectorRealNVP
+from gen_lightning.nets.flows import RealNVP, VariationalDequantizer, VectorRealNVP
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute '.*' is an instance of `nn.Module`")
 
@@ -120,6 +120,19 @@ def test_logit_transform_inverts_and_its_log_jacobian_matches_autograd():
     jac = torch.autograd.functional.jacobian(lambda v: logit_transform(v, 0.05)[0], y).reshape(4, 4)
     torch.testing.assert_close(log_jac, torch.linalg.slogdet(jac)[1].reshape(1))
     assert w[0, 2].item() == pytest.approx(0.0)  # y = 1/2 maps to logit(1/2) = 0
+
+
+def test_variational_dequantization_stays_in_the_bin_and_subtracts_log_q():
+    deq = VariationalDequantizer(1, 4, num_couplings=2, hidden=4)
+    model = bound(Flow(IdentityFlow(), dequantizer=deq, logit_alpha=None), TinyImages())
+    x = torch.arange(16.0).view(1, 1, 4, 4) * 17 / 255  # k = 0, 17, ..., 255
+    y, log_q = model.dequantize(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.floor(y * 256), x * 255)
+    w, correction = model.preprocess(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(correction, -log_q)
+    assert "variational" in model.metric_conventions["test/nll_nats"]
+    with pytest.raises(ConfigError, match="2-D data is not dequantized"):
+        bound(Flow(IdentityFlow(), dequantizer=deq), GMMDataModule(n_train=64, n_val=8, n_test=8))
 
 
 def test_bits_per_dim_is_reported_by_the_convention_for_images():

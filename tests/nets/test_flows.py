@@ -23,7 +23,7 @@ from gen_lightning.nets.flow_layers import (
     channel_mask,
     checkerboard_mask,
 )
-from gen_lightning.nets.flows import Glow, RealNVP, VectorRealNVP
+from gen_lightning.nets.flows import Glow, RealNVP, VariationalDequantizer, VectorRealNVP
 
 
 def perturbed(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
@@ -197,6 +197,26 @@ def test_lu_weight_is_the_initial_rotation_and_its_logdet_is_zero():
     torch.testing.assert_close(w, plain.weight.detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(w @ w.T, torch.eye(5), atol=1e-5, rtol=0)
     assert abs(logdet.item()) < 1e-5  # a rotation has |det| = 1
+
+
+def test_variational_dequantizer_log_q_is_the_change_of_variables_of_eps_to_u():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (2, 1, 4, 4), generator=g).double() / 255
+    deq = warmed_up(VariationalDequantizer(1, 4, num_couplings=2, hidden=8), x)
+    eps = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    u, log_q = deq.transform(eps, x)
+    assert ((u > 0) & (u < 1)).all()
+    # log q(u | x) = log N(eps; 0, I) - log|det du/deps|, with du/deps from autograd (16x16 per image)
+    log_normal = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+    expected = torch.stack([
+        log_normal[i] - torch.linalg.slogdet(
+            torch.autograd.functional.jacobian(lambda e: deq.transform(e[None], x[i : i + 1])[0][0], eps[i]).reshape(16, 16)
+        )[1]
+        for i in range(2)
+    ])
+    torch.testing.assert_close(log_q, expected, atol=1e-8, rtol=0)
+    # u depends on x: the same eps gives other noise for another image
+    assert not torch.allclose(deq.transform(eps, x.flip(0))[0], u)
 
 
 @pytest.mark.parametrize(
