@@ -35,6 +35,7 @@ from gen_lightning.nets.flow_layers import (
     Scale,
     Squeeze,
     alternating_mask,
+    at_least_float32,
     channel_mask,
     checkerboard_mask,
 )
@@ -63,14 +64,42 @@ def _check_image(name: str, in_channels: int, image_size: int, squeezes: int) ->
         )
 
 
+class SplitPrior(nn.Module):
+    """Glow's learned prior of a factored-out part: z_i ~ N(mu(h), exp(log_sigma(h))^2) given the rest h.
+
+    Written as a flow, eps_i = (z_i - mu(h)) * exp(-log_sigma(h)) ~ N(0, I) with log|det| = -sum log_sigma,
+    so the base density stays N(0, I). mu and log_sigma come from a 3x3 convolution of h that starts at zero
+    (Glow's "split" with a learned prior, Kingma & Dhariwal 2018, sec. 3 and its code).
+    """
+
+    def __init__(self, rest_channels: int, factored_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(rest_channels, 2 * factored_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def _mu_log_sigma(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_sigma = at_least_float32(self.conv(h)).chunk(2, dim=1)  # (B, 2k, H, W) -> 2 x (B, k, H, W)
+        return mu, log_sigma
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_sigma = self._mu_log_sigma(h)
+        return ((z - mu) * torch.exp(-log_sigma)).to(z.dtype), -log_sigma.flatten(1).sum(1)
+
+    def inverse(self, eps: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        mu, log_sigma = self._mu_log_sigma(h)
+        return (eps * torch.exp(log_sigma) + mu).to(eps.dtype)
+
+
 class MultiScaleFlow(nn.Module):
     """Levels of flow layers on images; after each level but the last, half the channels are factored out.
 
     `levels[i]` maps `(C_i, H_i, W_i)` to the shape its squeezes give; the first half of its output
     channels becomes z_i and leaves the flow (RealNVP, sec. 3.6), the rest goes on to level i+1.
+    With `split_priors`, each z_i is first standardized by a learned prior given the rest (Glow).
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], levels: list[FlowSequence]):
+    def __init__(self, in_shape: tuple[int, int, int], levels: list[FlowSequence], split_priors: bool = False):
         super().__init__()
         self.in_shape = tuple(in_shape)
         self.levels = nn.ModuleList(levels)
@@ -82,6 +111,9 @@ class MultiScaleFlow(nn.Module):
             if i < len(levels) - 1:
                 self.factored_shapes.append((c // 2, h, w))
                 shape = (c - c // 2, h, w)
+        self.priors = nn.ModuleList(
+            SplitPrior(self.out_shapes[i][0] - k[0], k[0]) for i, k in enumerate(self.factored_shapes)
+        ) if split_priors else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zs, logdet, h = [], 0.0, x
@@ -90,8 +122,11 @@ class MultiScaleFlow(nn.Module):
             logdet = logdet + ld
             if i < len(self.levels) - 1:
                 k = self.factored_shapes[i][0]
-                zs.append(h[:, :k].flatten(1))  # (B, k, H_i, W_i) -> (B, k*H_i*W_i)
-                h = h[:, k:]
+                z_i, h = h[:, :k], h[:, k:]
+                if self.priors is not None:
+                    z_i, ld = self.priors[i](z_i, h)
+                    logdet = logdet + ld
+                zs.append(z_i.flatten(1))  # (B, k, H_i, W_i) -> (B, k*H_i*W_i)
         zs.append(h.flatten(1))
         return torch.cat(zs, dim=1).view_as(x), logdet  # (B, D) -> (B, C, H, W)
 
@@ -101,7 +136,10 @@ class MultiScaleFlow(nn.Module):
         parts = z.flatten(1).split(sizes, dim=1)  # (B, D) -> z_0, z_1, ..., the last level's output
         h = self.levels[-1].inverse(parts[-1].view(b, *self.out_shapes[-1]))
         for i in reversed(range(len(self.levels) - 1)):
-            h = torch.cat([parts[i].view(b, *self.factored_shapes[i]), h], dim=1)
+            z_i = parts[i].view(b, *self.factored_shapes[i])
+            if self.priors is not None:
+                z_i = self.priors[i].inverse(z_i, h)
+            h = torch.cat([z_i, h], dim=1)
             h = self.levels[i].inverse(h)
         return h
 
@@ -180,6 +218,7 @@ class Glow(MultiScaleFlow):
 
     A step is ActNorm -> InvConv1x1 (LU-decomposed with `lu`) -> affine coupling on half the channels
     (alternating halves, `scale` "sigmoid" as in Glow). Glow used K = 32 steps, 3 levels and 512 hidden channels.
+    `split_priors`: learned priors of the factored-out parts (SplitPrior), as in Glow; off gives N(0, I).
     """
 
     def __init__(
@@ -191,6 +230,7 @@ class Glow(MultiScaleFlow):
         hidden: int = 128,
         lu: bool = True,
         scale: Scale = "sigmoid",
+        split_priors: bool = False,
     ):
         if num_levels < 1 or steps_per_level < 1:
             raise ConfigError(f"Glow needs num_levels >= 1 and steps_per_level >= 1, got {num_levels} and {steps_per_level}")
@@ -204,7 +244,7 @@ class Glow(MultiScaleFlow):
                            AffineCoupling(channel_mask(c, k % 2), GlowST(c, hidden), scale)]
             levels.append(FlowSequence(layers))
             c = c - c // 2
-        super().__init__((in_channels, image_size, image_size), levels)
+        super().__init__((in_channels, image_size, image_size), levels, split_priors)
 
 
 class VectorRealNVP(FlowSequence):

@@ -79,6 +79,7 @@ def image_layers():
         "realnvp-batchnorm-sigmoid": (RealNVP(1, 4, num_scales=2, hidden=8, num_blocks=1, norm="batchnorm", scale="sigmoid"), IMG),
         "glow": (Glow(1, 4, num_levels=2, steps_per_level=2, hidden=8), IMG),
         "glow-no-lu": (Glow(1, 4, num_levels=2, steps_per_level=2, hidden=8, lu=False), IMG),
+        "glow-split-priors": (Glow(1, 4, num_levels=2, steps_per_level=1, hidden=8, split_priors=True), IMG),
         "vector-realnvp": (VectorRealNVP(2, num_couplings=4, hidden=16), (5, 2)),
         "vector-realnvp-6d-batchnorm": (VectorRealNVP(6, num_couplings=3, hidden=16, norm="batchnorm"), (5, 6)),
     }
@@ -99,7 +100,7 @@ def test_multiscale_flows_invert_on_mnist_and_cifar_shapes():
     g = torch.Generator().manual_seed(3)
     for net, shape in [
         (RealNVP(1, 28, num_scales=3, hidden=4, num_blocks=1), (2, 1, 28, 28)),
-        (Glow(1, 28, num_levels=2, steps_per_level=2, hidden=4), (2, 1, 28, 28)),
+        (Glow(1, 28, num_levels=2, steps_per_level=2, hidden=4, split_priors=True), (2, 1, 28, 28)),
         (RealNVP(3, 32, num_scales=4, hidden=4, num_blocks=1), (2, 3, 32, 32)),
     ]:
         x = torch.randn(shape, generator=g, dtype=torch.float64)
