@@ -85,3 +85,14 @@ def test_denoiser_mlp_shapes_labels_and_init():
         net(x, torch.arange(6.0))
     with pytest.raises(ConfigError, match="num_classes"):
         DenoiserMLP(num_classes=1)
+
+
+def test_denoiser_mlp_fourier_features_closed_form():
+    net = DenoiserMLP(dim=2, hidden=8, depth=1, time_embed_dim=4, fourier_octaves=2, fourier_wavelength=4.0)
+    x = torch.tensor([[1.0, 0.5]])  # f = 2 pi / 4 = pi/2 and pi
+    a = [math.pi / 2, math.pi, math.pi / 4, math.pi / 2]  # (x1 f1, x1 f2, x2 f1, x2 f2)
+    expected = torch.tensor([[1.0, 0.5, *map(math.sin, a), *map(math.cos, a)]])
+    torch.testing.assert_close(net.features(x), expected)
+    assert net.inp.in_features == 10 and "freqs" not in net.state_dict()
+    with pytest.raises(ConfigError, match="fourier"):
+        DenoiserMLP(fourier_octaves=-1)
