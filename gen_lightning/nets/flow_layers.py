@@ -224,8 +224,11 @@ class InvConv1x1(nn.Module):
             return self.p @ lower @ upper, self.log_s.sum()
 
     def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # a 1x1 convolution is a matrix product over the channel dimension
-        return torch.einsum("ij,bj...->bi...", w.to(x.dtype), x)
+        # a 1x1 convolution is a matrix product over the channel dimension; in float32 even under bf16 autocast,
+        # where W^-1 applied in bf16 put errors of ~0.1 into inverse(forward(x)) of a small Glow
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = at_least_float32(x)
+            return torch.einsum("ij,bj...->bi...", w.to(x.dtype), x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, logdet = self.weight_and_logdet()
