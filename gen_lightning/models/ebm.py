@@ -143,13 +143,20 @@ class EBM(GenerativeModel):
         shape = (self.buffer_size, *self.data_shape)
         if tuple(self.replay.shape) != shape:  # a fresh buffer of uniform noise; a checkpoint replaces it
             self.replay = self.uniform_noise(self.buffer_size)
-        if len(self.data_shape) == 1 and self.data_shape[0] == 2:
-            self.omitted_metrics.pop("test/kl_data_model", None)
+        if self.has_density:
+            for name in ("test/nll", "test/kl_data_model"):
+                self.omitted_metrics.pop(name, None)
+            self.omitted_metrics["test/bpd"] = "2-D continuous data: bits/dim applies to 8-bit images"
             self.metric_conventions["log_prob"] = (
                 f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
-                f"{self.grid_size}x{self.grid_size} midpoint rule")
+                f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll in nats per point")
         else:
             self.omitted_metrics["test/kl_data_model"] = f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"
+
+    @property
+    def has_density(self) -> bool:
+        """2-D data: Z is an integral over the box, computed on a grid, so log_prob exists."""
+        return self.data_shape == (2,)
 
     @property
     def data_range(self) -> tuple[float, float]:
@@ -249,9 +256,11 @@ class EBM(GenerativeModel):
     def test_step(self, batch, batch_idx: int) -> None:
         x, _ = batch
         metrics = {"test/energy_data": self.energy(x).mean(), "test/buffer_energy_distance": self.buffer_distance(x, batch_idx)}
-        if "test/kl_data_model" not in self.omitted_metrics:
-            log_p_data = self.trainer.datamodule.log_prob(x).to(x)
-            metrics["test/kl_data_model"] = (log_p_data - self.log_prob(x)).mean()
+        if self.has_density:
+            log_p_model = self.log_prob(x)
+            metrics["test/nll"] = -log_p_model.mean()
+            if hasattr(self.trainer.datamodule, "log_prob"):  # synthetic data with an exact density (GMM)
+                metrics["test/kl_data_model"] = (self.trainer.datamodule.log_prob(x).to(x) - log_p_model).mean()
         self.log_dict(metrics, batch_size=x.shape[0])
 
     # ---- 2-D density --------------------------------------------------------------------
@@ -270,7 +279,7 @@ class EBM(GenerativeModel):
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """2-D data only: log exp(-E(x)) / Z, Z over the box by the midpoint rule; `(B, 2) -> (B,)`."""
-        if self.data_shape != (2,):
+        if not self.has_density:
             raise ConfigError(f"{NO_LIKELIHOOD}; log_prob is defined for 2-D data only")
         points, area = self.grid()
         log_z = torch.logsumexp(-self.energy_chunks(points), dim=0) + math.log(area)
