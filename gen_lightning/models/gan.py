@@ -21,8 +21,9 @@ of G drawn with a fixed seed (metrics/two_sample.py). Lower is better, and it is
 expectation only when the two distributions match. `gen test` logs the same as
 `test/energy_distance`.
 
-EMA of the generator: add `lightning.pytorch.callbacks.EMAWeightAveraging` to the callbacks,
-after SampleGrid (see `check_callbacks`). It averages the whole module, D included; only G is
+EMA of the generator: add `lightning.pytorch.callbacks.EMAWeightAveraging`, or its subclass
+`gen_lightning.callbacks.EMA` (the same with the decay warmed up, for short runs), to the
+callbacks, after SampleGrid (see `check_callbacks`). It averages the whole module, D included; only G is
 used for sampling, so the averaged D is never used for a reported number.
 """
 
