@@ -120,7 +120,7 @@ class EBM(GenerativeModel):
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
-        """Unlabeled use only; a range for the chains; one dummy pass of E must give one energy per example."""
+        """Images in [-1, 1], or a box (init_range) for data without a value range; one energy per example."""
         if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
             raise ConfigError(f"the EBM takes images in [-1, 1] (DESIGN.md), but {dm.dataset_name} yields "
                               f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\"")

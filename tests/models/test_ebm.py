@@ -172,6 +172,20 @@ def test_replay_buffer_travels_in_the_checkpoint(tmp_path):
         other.on_load_checkpoint(ckpt)
 
 
+def test_fit_from_a_checkpoint_resumes_the_saved_chains(tmp_path):
+    # setup() fills a fresh buffer with noise; restoring the checkpoint must then put the saved chains back
+    dm = GMMDataModule(n_train=128, n_val=64, n_test=64, batch_size=32)
+    model = ebm(buffer_size=32, sgld_steps=1)
+    t = trainer(max_steps=2, default_root_dir=tmp_path)
+    t.fit(model, datamodule=dm)
+    t.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = EBM(MLPEnergy([2], [16, 16]), init_range=[-3.0, 3.0], buffer_size=32, sgld_steps=1)
+    trainer(max_steps=2, default_root_dir=tmp_path).fit(
+        resumed, datamodule=dm, ckpt_path=tmp_path / "last.ckpt", weights_only=False  # hparams hold the nets built here
+    )
+    torch.testing.assert_close(resumed.replay, model.replay)  # no further steps: max_steps was reached
+
+
 @pytest.mark.parametrize("dm, kwargs, match", [
     (GMMDataModule(), {"init_range": None}, "init_range"),
     (type("Unit", (Images,), {"value_range": (0.0, 1.0)})(), {}, r"\[-1, 1\]"),
