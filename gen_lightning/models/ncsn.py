@@ -182,7 +182,8 @@ class NCSN(GenerativeModel):
                return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """n samples `(n, *data_shape)` by annealed Langevin in eval mode, clamped to the data's range.
 
-        With `return_trajectory`, also the (unclamped) states after each noise level, `(L + 2, n, *data_shape)`.
+        With `return_trajectory`, also the (unclamped) start, the state after each noise level and the denoised
+        state, `(L + 2, n, *data_shape)` (`L + 1` when the sampler does not denoise): a strip for figures.
         """
         self.check_labels(labels)
         if n < 1:
