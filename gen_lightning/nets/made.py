@@ -112,9 +112,9 @@ class MADE(nn.Module):
             raise ValueError(f"mask must be in [0, {self.num_masks}), got {mask}")
         if tuple(x.shape[1:]) != self.in_shape:
             raise ValueError(f"MADE was built for inputs (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
-        return self._apply(x.flatten(1), self.masks(mask))  # (B, *in_shape) -> (B, D) -> (B, P*D)
+        return self._masked_forward(x.flatten(1), self.masks(mask))  # (B, *in_shape) -> (B, D) -> (B, P*D)
 
-    def _apply(self, h: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    def _masked_forward(self, h: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
         *hidden_masks, out_mask = masks
         for layer, m in zip(self.hidden_layers, hidden_masks):
             h = self.activation(layer(h, m))
@@ -136,6 +136,6 @@ class MADE(nn.Module):
         x = torch.zeros(n, self.num_dims, device=self.output_layer.weight.device)
         masks = self.masks(mask)  # built once, not once per dimension
         for d in self.order(mask).tolist():  # one network evaluation per dimension
-            params = self._apply(x, masks).view(n, self.params_per_dim, self.num_dims)[:, :, d]  # (n, P*D) -> (n, P)
+            params = self._masked_forward(x, masks).view(n, self.params_per_dim, self.num_dims)[:, :, d]  # (n, P*D) -> (n, P)
             x[:, d] = likelihood.sample(params, generator=generator)[:, 0]  # (n, P) -> (n, 1)
         return x
