@@ -90,3 +90,8 @@ def test_refuses_bad_settings():
         MADE([4], num_masks=0)
     with pytest.raises(ValueError, match=r"mask must be in \[0, 2\), got 2"):
         MADE([4], hidden=[8], num_masks=2)(torch.zeros(1, 4), 2)
+
+
+def test_moves_between_dtypes_with_its_masks():
+    net = MADE([3], hidden=[8]).to(torch.float64)  # nn.Module.to() goes through Module._apply: nothing may shadow it
+    assert net(torch.zeros(2, 3, dtype=torch.float64)).dtype == torch.float64
