@@ -108,10 +108,10 @@ def test_samples_of_gaussian_data_have_its_mean_and_variance(sampler):
     Over all T steps the discretization error is small (std 0.497-0.498 measured); with few DDIM steps it is
     not (DDIM-50: 0.472, DDIM-10: 0.374), which is why the comparisons of samplers in docs/ measure quality.
     """
-    m, s, n = 1.0, 0.5, 20_000
+    m, s, n = 1.0, 0.5, 10_000
     denoiser = Denoiser(GaussianOracle(SCHEDULE, m, s), SCHEDULE)
     x = sampler.sample(denoiser, (n, 1), generator=torch.Generator().manual_seed(6))
-    assert x.mean().item() == pytest.approx(m, abs=0.02)  # standard error 0.0035
+    assert x.mean().item() == pytest.approx(m, abs=0.02)  # standard error 0.005
     assert x.std().item() == pytest.approx(s, rel=0.05)
 
 
@@ -142,12 +142,13 @@ def test_guidance_scale_0_is_unconditional_sampling(sampler):
         for p in net.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
     labels = torch.tensor([0, 1, 2, 0])
-    guided = Denoiser(net, SCHEDULE, labels=labels, guidance_scale=0.0, null_label=3)
-    uncond = Denoiser(net, SCHEDULE, labels=torch.full((4,), 3), guidance_scale=1.0, null_label=3)
+    schedule = LinearSchedule(num_steps=100, beta_start=1e-3, beta_end=0.2)
+    guided = Denoiser(net, schedule, labels=labels, guidance_scale=0.0, null_label=3)
+    uncond = Denoiser(net, schedule, labels=torch.full((4,), 3), guidance_scale=1.0, null_label=3)
     a = sampler.sample(guided, (4, 2), generator=torch.Generator().manual_seed(8))
     b = sampler.sample(uncond, (4, 2), generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b)
-    c = sampler.sample(Denoiser(net, SCHEDULE, labels=labels, guidance_scale=1.0, null_label=3), (4, 2),
+    c = sampler.sample(Denoiser(net, schedule, labels=labels, guidance_scale=1.0, null_label=3), (4, 2),
                        generator=torch.Generator().manual_seed(8))
     assert not torch.allclose(a, c)  # the labels do matter at w = 1
 
