@@ -57,6 +57,9 @@ class GeometricSigmas:
 
 def technique2_ratio_coverage(ratio: float, dim: int) -> float:
     """Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) (NCSNv2, Technique 2); aim for ~0.5."""
-    phi = lambda v: 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))  # noqa: E731 (standard normal CDF)
     shift = math.sqrt(2.0 * dim) * (ratio - 1.0)
-    return phi(shift + 3.0 * ratio) - phi(shift - 3.0 * ratio)
+    return _normal_cdf(shift + 3.0 * ratio) - _normal_cdf(shift - 3.0 * ratio)
+
+
+def _normal_cdf(v: float) -> float:
+    return 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
