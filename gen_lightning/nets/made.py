@@ -32,13 +32,6 @@ from gen_lightning.errors import ConfigError
 from gen_lightning.nets.mlp import Activation, make_activation
 
 
-class MaskedLinear(nn.Linear):
-    """A Linear layer whose weight is multiplied by a binary `(out, in)` mask at every call."""
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * mask, self.bias)
-
-
 def _check(in_shape: list[int], hidden: list[int], params_per_dim: int, num_masks: int) -> int:
     num_dims = math.prod(in_shape)
     checks = [
@@ -77,8 +70,9 @@ class MADE(nn.Module):
         self.num_dims = _check(self.in_shape, hidden, params_per_dim, num_masks)  # D
         self.params_per_dim, self.num_masks, self.order_kind = params_per_dim, num_masks, order
         widths = [self.num_dims, *hidden]
-        self.hidden_layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.output_layer = MaskedLinear(widths[-1], params_per_dim * self.num_dims)
+        # plain Linear layers hold the weights; every call multiplies them by the masks (masked_weights)
+        self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.output_layer = nn.Linear(widths[-1], params_per_dim * self.num_dims)
         self.activation = make_activation(activation)
         degrees = [self._draw_degrees(hidden, order, seed + m) for m in range(num_masks)]
         for l in range(len(hidden) + 1):  # degrees[m][l]: (widths[l],); stored as (num_masks, widths[l])
@@ -112,13 +106,18 @@ class MADE(nn.Module):
             raise ValueError(f"mask must be in [0, {self.num_masks}), got {mask}")
         if tuple(x.shape[1:]) != self.in_shape:
             raise ValueError(f"MADE was built for inputs (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
-        return self._masked_forward(x.flatten(1), self.masks(mask))  # (B, *in_shape) -> (B, D) -> (B, P*D)
+        return self._masked_forward(x.flatten(1), self.masked_weights(mask))  # (B, *in_shape) -> (B, D) -> (B, P*D)
 
-    def _masked_forward(self, h: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
-        *hidden_masks, out_mask = masks
-        for layer, m in zip(self.hidden_layers, hidden_masks):
-            h = self.activation(layer(h, m))
-        return self.output_layer(h, out_mask)
+    def masked_weights(self, mask: int = 0) -> list[torch.Tensor]:
+        """Each layer's weight times its binary mask: `(out, in)` per layer."""
+        layers = [*self.hidden_layers, self.output_layer]
+        return [layer.weight * m for layer, m in zip(layers, self.masks(mask))]
+
+    def _masked_forward(self, h: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        *hidden_weights, out_weight = weights
+        for layer, w in zip(self.hidden_layers, hidden_weights):
+            h = self.activation(F.linear(h, w, layer.bias))
+        return F.linear(h, out_weight, self.output_layer.bias)
 
     @torch.no_grad()
     def sample(self, n: int, likelihood, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -134,8 +133,8 @@ class MADE(nn.Module):
 
     def _sample_one_mask(self, n: int, mask: int, likelihood, generator) -> torch.Tensor:
         x = torch.zeros(n, self.num_dims, device=self.output_layer.weight.device)
-        masks = self.masks(mask)  # built once, not once per dimension
+        weights = self.masked_weights(mask)  # masked once, not once per dimension
         for d in self.order(mask).tolist():  # one network evaluation per dimension
-            params = self._masked_forward(x, masks).view(n, self.params_per_dim, self.num_dims)[:, :, d]  # (n, P*D) -> (n, P)
+            params = self._masked_forward(x, weights).view(n, self.params_per_dim, self.num_dims)[:, :, d]  # (n, P*D) -> (n, P)
             x[:, d] = likelihood.sample(params, generator=generator)[:, 0]  # (n, P) -> (n, 1)
         return x
