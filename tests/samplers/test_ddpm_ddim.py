@@ -1,7 +1,6 @@
 """DDPM and DDIM samplers against perfect oracles: networks that return the true eps (or x0, or v) for
 a known x0, or the exact posterior-mean eps of Gaussian data; classifier-free guidance conventions."""
 
-import math
 
 import pytest
 import torch
