@@ -32,10 +32,13 @@ def test_fit_then_test_on_grid25(workdir):
     assert report["trained"]["epochs"] == 10
     assert "test/nll" in report["omitted"] and "test/kl_data_model" in report["omitted"]
     assert {"test/modes_covered", "test/high_quality_fraction", "test/reverse_kl_modes"} <= m.keys()
-    # ~2,000 steps lay the samples out over the grid's extent (the untrained generator sits near the
-    # origin: energy distance ~1.8; after these steps ~0.15). Sharpening onto the 25 modes takes the
-    # config's full 80 epochs (docs/results/gan.md: 17-22 modes covered), too long for this suite.
-    assert m["test/energy_distance"] < 0.2 * untrained["test/energy_distance"]
+    # The untrained generator sits near the origin (energy distance ~1.8; a couple of central modes get 20
+    # samples by chance). After these ~2,000 steps (seed 0) the averaged generator is spread over the grid
+    # (energy distance 0.019) and has started to sharpen: 3 modes covered, 13% of samples within 3 std of a
+    # mode. The config's full 80 epochs are in docs/results/gan.md.
+    assert m["test/energy_distance"] < 0.05 * untrained["test/energy_distance"]
+    assert m["test/modes_covered"] >= 2
+    assert m["test/high_quality_fraction"] > 0.05
 
 
 def test_divergence_stops_with_one_line_and_keeps_the_last_checkpoint(workdir, capsys):
