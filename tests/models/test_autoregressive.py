@@ -144,3 +144,30 @@ def test_refuses_data_that_does_not_fit(net, likelihood, dm, message):
     with pytest.raises(ConfigError, match=message) as exc:
         AutoregressiveModel(net, likelihood).bind_data(dm)
     assert "\n" not in str(exc.value)
+
+
+class SpyMADE(MADE):
+    """A MADE that records the mask index of every call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[int] = []
+
+    def forward(self, x, mask=0):
+        self.seen.append(mask)
+        return super().forward(x, mask)
+
+
+def test_training_cycles_through_the_masks_and_validation_averages_them():
+    import lightning as L
+
+    from gen_lightning.data import GMMDataModule
+
+    net = SpyMADE([2], hidden=[8], params_per_dim=6, order="random", num_masks=3)
+    model = AutoregressiveModel(net, MixtureOfGaussians(2))
+    dm = GMMDataModule(preset="ring8", n_train=64, n_val=16, n_test=16, batch_size=16)
+    trainer = L.Trainer(max_steps=4, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    probe, train, val = net.seen[0], net.seen[1:5], net.seen[5:]  # setup checks the net's output shape once
+    assert probe == 0 and train == [0, 1, 2, 0] and val == [0, 1, 2]  # step k uses mask k % 3; validation all 3
