@@ -24,7 +24,6 @@ density (GMM) `test/kl_data_model` = E_data[log p_data(x) - log p_model(x)].
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -34,7 +33,7 @@ from torch import nn
 
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import Likelihood, _is_8bit_image_in_unit_range
-from gen_lightning.models.base import GenerativeModel
+from gen_lightning.models.base import GenerativeModel, eval_mode
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -147,16 +146,6 @@ class MixtureOfGaussians(Likelihood):
 # ---- the family's LightningModule -----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    was_training = module.training
-    module.train(False)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
 class AutoregressiveModel(GenerativeModel):
     """Exact-likelihood training of an injected autoregressive `net` with conditionals `likelihood`.
 
@@ -186,7 +175,7 @@ class AutoregressiveModel(GenerativeModel):
         data_shape = tuple(dm.data_shape)
         need = self.likelihood.param_shape(data_shape)
         try:
-            with torch.no_grad(), _eval_mode(self.net):
+            with torch.no_grad(), eval_mode(self.net):
                 out = self.net(torch.zeros(2, *data_shape, device=self.device))
         except (RuntimeError, ValueError) as e:
             raise ConfigError(
@@ -292,6 +281,6 @@ class AutoregressiveModel(GenerativeModel):
         self.check_labels(labels)
         if n < 1:
             raise ConfigError(f"the number of samples must be >= 1, got {n}")
-        with _eval_mode(self):
+        with eval_mode(self):
             x = self.net.sample(n, self.likelihood, generator=generator)
         return x.view(n, *self.data_shape)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
@@ -20,6 +21,22 @@ import numpy as np
 import torch
 
 from gen_lightning.errors import CheckpointMismatchError, ConfigError
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """(1, 28, 28) -> "(B, 1, 28, 28)", for error messages about batch shapes."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Run `module` in eval mode (no dropout, BatchNorm running statistics, no ActNorm initialization), then restore its mode."""
+    was_training = module.training
+    module.train(False)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def _class_name(obj_or_cls: Any) -> str:

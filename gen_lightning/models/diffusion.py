@@ -29,7 +29,6 @@ Validation, the sample grid, checkpoints and `gen test` then use the averaged we
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -40,24 +39,9 @@ from torch import nn
 from gen_lightning import losses
 from gen_lightning.callbacks.sample_grid import SampleGrid
 from gen_lightning.errors import ConfigError
-from gen_lightning.models.base import GenerativeModel
+from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
 from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction, gather
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Run `module` in eval mode (no dropout), then restore its mode."""
-    was_training = module.training
-    module.train(False)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
 
 
 def _normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -130,13 +114,13 @@ class DDPM(GenerativeModel):
         x = torch.zeros(2, *shape, device=self.device)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
         try:
-            with torch.no_grad(), _eval_mode(self.net):
+            with torch.no_grad(), eval_mode(self.net):
                 out = self.net(x, torch.zeros(2, device=self.device), labels)
         except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"the net cannot read data of shape {_shape(shape)} ({str(e).splitlines()[0]}); "
+            raise ConfigError(f"the net cannot read data of shape {shape_text(shape)} ({str(e).splitlines()[0]}); "
                               "set its in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
         if tuple(out.shape) != (2, *shape):
-            raise ConfigError(f"the net outputs {_shape(out.shape[1:])} but the data has shape {_shape(shape)}")
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
 
     def bind_data(self, dm) -> None:
         super().bind_data(dm)
@@ -219,7 +203,7 @@ class DDPM(GenerativeModel):
         dims = list(range(1, x0.ndim))
         total = torch.zeros(x0.shape[0], device=x0.device)
         denoiser = Denoiser(self.net, s, self.prediction, labels, clip_range=(-1.0, 1.0))
-        with _eval_mode(self.net):
+        with eval_mode(self.net):
             for t in range(s.num_steps):
                 tb = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
                 xt = s.q_sample(x0, tb, torch.randn_like(x0))
@@ -256,7 +240,7 @@ class DDPM(GenerativeModel):
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples `(n, *data_shape)` by the injected sampler, in eval mode, x_T drawn with `generator`."""
         labels = self.check_sample_args(n, labels)
-        with _eval_mode(self.net):
+        with eval_mode(self.net):
             x = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator=generator)
         return x if self.value_range is None else x.clamp(*self.value_range)
 
@@ -264,7 +248,7 @@ class DDPM(GenerativeModel):
     def trajectory(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """(S + 1, n, *data_shape) on the CPU: x_T, then x after each sampler step, for a visual strip."""
         labels = self.check_sample_args(n, labels)
-        with _eval_mode(self.net):
+        with eval_mode(self.net):
             _, path = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator, return_trajectory=True)
         return path
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from gen_lightning.errors import ConfigError, TrainingDivergedError
 from gen_lightning.metrics.two_sample import energy_distance
-from gen_lightning.models.base import GenerativeModel
+from gen_lightning.models.base import GenerativeModel, shape_text
 from gen_lightning.samplers.sgld import SGLD
 
 NO_LIKELIHOOD = "an EBM's normalizer Z of exp(-E(x)) is intractable for images, so there is no likelihood"
@@ -50,11 +50,6 @@ NO_LIKELIHOOD = "an EBM's normalizer Z of exp(-E(x)) is intractable for images, 
 def contrastive_divergence(e_pos: torch.Tensor, e_neg: torch.Tensor, alpha: float) -> torch.Tensor:
     """IGEBM's loss: mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E(x-)^2); `(B,), (B,) -> ()`."""
     return e_pos.mean() - e_neg.mean() + alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
 
 
 def _check_hparams(**h) -> None:
@@ -132,7 +127,7 @@ class EBM(GenerativeModel):
             with torch.no_grad():
                 e = self.energy(x)
         except (RuntimeError, ValueError) as err:
-            raise ConfigError(f"the energy network cannot read data of shape {_shape(tuple(dm.data_shape))} "
+            raise ConfigError(f"the energy network cannot read data of shape {shape_text(tuple(dm.data_shape))} "
                               f"({str(err).splitlines()[0]}); set its in_channels/image_size (ConvEnergy) "
                               "or data_shape (MLPEnergy)") from None
         if tuple(e.shape) != (2,):

@@ -22,7 +22,6 @@ returns inverse(z), mapped back to 8-bit values in [0, 1] for images.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -31,23 +30,7 @@ from torch import nn
 
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError, TrainingDivergedError
-from gen_lightning.models.base import GenerativeModel
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Run `module` in eval mode (no ActNorm initialization, BatchNorm running statistics), then restore its mode."""
-    was_training = module.training
-    module.train(False)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
+from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
 
 def uniform_dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -154,16 +137,16 @@ class Flow(GenerativeModel):
     def _check_net(self, data_shape: tuple[int, ...]) -> None:
         x = torch.full((2, *data_shape), 0.5, device=self.device)
         try:
-            with _eval_mode(self.net):
+            with eval_mode(self.net):
                 z, logdet = self.net(x)
         except (RuntimeError, ValueError) as e:
             raise ConfigError(
-                f"the flow net cannot read data of shape {_shape(data_shape)} ({str(e).splitlines()[0]}); "
+                f"the flow net cannot read data of shape {shape_text(data_shape)} ({str(e).splitlines()[0]}); "
                 "set the net's in_channels/image_size (or dim) to the data's shape"
             ) from None
         if tuple(z.shape) != tuple(x.shape) or tuple(logdet.shape) != (2,):
             raise ConfigError(
-                f"the flow net maps {_shape(data_shape)} to z {_shape(z.shape[1:])} and logdet {tuple(logdet.shape)}; "
+                f"the flow net maps {shape_text(data_shape)} to z {shape_text(z.shape[1:])} and logdet {tuple(logdet.shape)}; "
                 f"it must keep the data's shape and give one log-det per example; set its in_channels/image_size (or dim)"
             )
 
@@ -320,6 +303,6 @@ class Flow(GenerativeModel):
         if t <= 0:
             raise ConfigError(f"temperature must be > 0, got {t}")
         z = t * torch.randn(n, *self.data_shape, device=self.device, generator=generator)
-        with _eval_mode(self.net):
+        with eval_mode(self.net):
             w = self.net.inverse(z)
         return self.postprocess(w.float())

@@ -29,7 +29,6 @@ used for sampling, so the averaged D is never used for a reported number.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import Literal
@@ -44,7 +43,7 @@ from gen_lightning import losses
 from gen_lightning.callbacks.sample_grid import SampleGrid
 from gen_lightning.errors import ConfigError, TrainingDivergedError
 from gen_lightning.metrics.two_sample import energy_distance
-from gen_lightning.models.base import GenerativeModel
+from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
 Loss = Literal["bce", "hinge", "wgan-gp"]
 
@@ -54,22 +53,6 @@ OMITTED_METRICS = {
     "test/bpd": NO_LIKELIHOOD,
     "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
 }
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Run `module` in eval mode (BatchNorm uses its running statistics), then restore its mode."""
-    was_training = module.training
-    module.train(False)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, r1_gamma: float, real_label: float) -> None:
@@ -161,17 +144,17 @@ class GAN(GenerativeModel):
         data_shape = tuple(dm.data_shape)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
         z = torch.zeros(2, self.latent_dim, device=self.device)
-        x = self._probe(self.generator, (z, labels), f"the generator cannot read latents {_shape((self.latent_dim,))}",
+        x = self._probe(self.generator, (z, labels), f"the generator cannot read latents {shape_text((self.latent_dim,))}",
                         f"set the generator's latent_dim to {self.latent_dim}")
         if tuple(x.shape[1:]) != data_shape:
             raise ConfigError(
-                f"the generator outputs {_shape(x.shape[1:])} but {dm.dataset_name} has shape {_shape(data_shape)}; "
+                f"the generator outputs {shape_text(x.shape[1:])} but {dm.dataset_name} has shape {shape_text(data_shape)}; "
                 "set the generator's channels/image_size (DCGAN) or data_shape (MLP)"
             )
         pack = getattr(self.discriminator, "pack", 1)  # PacGAN: one logit per `pack` examples
         x = torch.zeros(2 * pack, *data_shape, device=self.device)
         logits = self._probe(self.discriminator, (x, labels),
-                             f"the discriminator cannot read data of shape {_shape(data_shape)}",
+                             f"the discriminator cannot read data of shape {shape_text(data_shape)}",
                              "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
         if tuple(logits.shape) != (2,):
             raise ConfigError(f"the discriminator must output one logit per example (or pack), shape (B,); "
@@ -194,7 +177,7 @@ class GAN(GenerativeModel):
         """One dummy forward pass in eval mode, its failure turned into one ConfigError."""
         x, labels = inputs
         try:
-            with _eval_mode(net):
+            with eval_mode(net):
                 return net(x) if labels is None else net(x, labels)
         except (RuntimeError, ValueError, IndexError) as e:
             raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
@@ -333,7 +316,7 @@ class GAN(GenerativeModel):
             raise ConfigError(f"the number of samples must be >= 1, got {n}")
         if labels is not None and tuple(labels.shape) != (n,):
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        with _eval_mode(self.generator):
+        with eval_mode(self.generator):
             x = self.generate(n, None if labels is None else labels.to(self.device), generator)
         return x if self.value_range is None else x.clamp(*self.value_range)
 

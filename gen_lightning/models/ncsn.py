@@ -35,7 +35,6 @@ validation, the sample grid and checkpoints then use the averaged weights (NCSNv
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -44,7 +43,7 @@ from torch import nn
 
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError, TrainingDivergedError
-from gen_lightning.models.base import GenerativeModel
+from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.langevin import AnnealedLangevin
 from gen_lightning.samplers.sigmas import GeometricSigmas
 
@@ -56,22 +55,6 @@ OMITTED_METRICS = {
     "test/bpd": NO_LIKELIHOOD,
     "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
 }
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Run `module` in eval mode (no dropout), then restore its mode."""
-    was_training = module.training
-    module.train(False)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 class NCSN(GenerativeModel):
@@ -113,13 +96,13 @@ class NCSN(GenerativeModel):
         data_shape = tuple(dm.data_shape)
         x = torch.zeros(2, *data_shape, device=self.device)
         try:
-            with torch.no_grad(), _eval_mode(self.net):
+            with torch.no_grad(), eval_mode(self.net):
                 out = self.score(x, self.sigmas.to(self.device)[:2])
         except (RuntimeError, ValueError, IndexError) as e:
-            raise ConfigError(f"the net cannot read data of shape {_shape(data_shape)} ({str(e).splitlines()[0]}); "
+            raise ConfigError(f"the net cannot read data of shape {shape_text(data_shape)} ({str(e).splitlines()[0]}); "
                               "set the net's in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
         if tuple(out.shape[1:]) != data_shape:
-            raise ConfigError(f"the net outputs {_shape(out.shape[1:])} for data of shape {_shape(data_shape)}; "
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} for data of shape {shape_text(data_shape)}; "
                               "a score has the data's shape: set the net's out_channels to the data's channels")
 
     # ---- the score ------------------------------------------------------------------------
@@ -190,7 +173,7 @@ class NCSN(GenerativeModel):
             raise ConfigError(f"the number of samples must be >= 1, got {n}")
         if self.data_shape is None:
             raise ConfigError("the model has no data shape yet; fit it, load a checkpoint, or call bind_data(dm) first")
-        with _eval_mode(self.net):
+        with eval_mode(self.net):
             out = self.sampler(self.score, self.sigmas, (n, *self.data_shape), device=self.device, generator=generator,
                                return_trajectory=return_trajectory)
         x, trajectory = out if return_trajectory else (out, None)

@@ -14,7 +14,6 @@ importance-weighted estimate of -log p(x) with k = iw_samples.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Literal
 
@@ -25,23 +24,7 @@ from torch import nn
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import Likelihood
-from gen_lightning.models.base import GenerativeModel
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    """(1, 28, 28) -> "(B, 1, 28, 28)"."""
-    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Run `module` in eval mode (no BatchNorm statistics updated, no dropout), then restore its mode."""
-    was_training = module.training
-    module.train(False)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
+from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
 
 def _check_hparams(latent_dim: int, beta: float, kl_warmup_steps: int, iw_samples: int, iw_chunk: int, sample_mode: str):
@@ -107,22 +90,22 @@ class VAE(GenerativeModel):
 
     def _check_encoder(self, data_shape: tuple[int, ...]) -> None:
         x = torch.zeros(2, *data_shape, device=self.device)
-        h = self._probe(self.encoder, x, f"the encoder cannot read data of shape {_shape(data_shape)}",
+        h = self._probe(self.encoder, x, f"the encoder cannot read data of shape {shape_text(data_shape)}",
                         "set the encoder's in_shape/in_channels/image_size to the data's shape")
         if tuple(h.shape[1:]) != (2 * self.latent_dim,):
             raise ConfigError(
-                f"the encoder outputs {_shape(h.shape[1:])} but latent_dim={self.latent_dim} needs "
-                f"{_shape((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
+                f"the encoder outputs {shape_text(h.shape[1:])} but latent_dim={self.latent_dim} needs "
+                f"{shape_text((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
             )
 
     def _check_decoder(self, data_shape: tuple[int, ...]) -> None:
         z = torch.zeros(2, self.latent_dim, device=self.device)
-        params = self._probe(self.decoder, z, f"the decoder cannot read latents of shape {_shape((self.latent_dim,))}",
+        params = self._probe(self.decoder, z, f"the decoder cannot read latents of shape {shape_text((self.latent_dim,))}",
                              f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
         need = self.likelihood.param_shape(data_shape)
         if tuple(params.shape[1:]) != need:
             raise ConfigError(
-                f"the decoder outputs {_shape(params.shape[1:])} but {type(self.likelihood).__name__} needs {_shape(need)} "
+                f"the decoder outputs {shape_text(params.shape[1:])} but {type(self.likelihood).__name__} needs {shape_text(need)} "
                 f"for data of shape {data_shape}; set the decoder's out_shape/out_channels/image_size"
             )
 
@@ -131,7 +114,7 @@ class VAE(GenerativeModel):
     def _probe(net: nn.Module, x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
         """One dummy forward pass in eval mode, its failure turned into one ConfigError."""
         try:
-            with _eval_mode(net):
+            with eval_mode(net):
                 return net(x)
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
@@ -289,7 +272,7 @@ class VAE(GenerativeModel):
         if n < 1:
             raise ConfigError(f"the number of samples must be >= 1, got {n}")
         z = torch.randn(n, self.latent_dim, device=self.device, generator=generator)
-        with _eval_mode(self):
+        with eval_mode(self):
             params = self.decode(z)
         return self._observe(params, generator)
 
@@ -303,7 +286,7 @@ class VAE(GenerativeModel):
             raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
         if steps < 2:
             raise ConfigError(f"interpolation steps must be >= 2 (both end points), got {steps}")
-        with _eval_mode(self):
+        with eval_mode(self):
             mu_a, _ = self.encode(x_a.to(self.device))
             mu_b, _ = self.encode(x_b.to(self.device))
             t = torch.linspace(0.0, 1.0, steps, device=mu_a.device)[None, :, None]  # (1, steps, 1)
