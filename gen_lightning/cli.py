@@ -62,6 +62,11 @@ def find_gen_error(exc: BaseException | None) -> GenError | None:
     return None
 
 
+# Model arguments that only change how a trained model is sampled or evaluated, never its weights:
+# with --ckpt_path they come from this run's config, not from the checkpoint's hyperparameters.
+SAMPLING_OPTIONS = ("sampler", "guidance_scale", "sample_temperature", "sample_steps", "sample_mode", "iw_samples", "iw_chunk", "predict_seed")
+
+
 class GenCLI(LightningCLI):
     def __init__(self, args: ArgsType = None, run: bool = True):
         super().__init__(
@@ -81,6 +86,22 @@ class GenCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             check_checkpoint_class(self.config[subcommand].get("ckpt_path"), self.config[subcommand].model)
+
+    def _parse_ckpt_path(self) -> None:
+        """Rebuild the model from the checkpoint's hyperparameters (LightningCLI), but keep this run's
+        sampling-time options (SAMPLING_OPTIONS), so that e.g. `--config configs/overrides/ddim50.yaml`
+        or `--model.init_args.guidance_scale 3` apply to `gen test`/`gen predict` of a trained model.
+        None of them changes the weights."""
+        subcommand = self.config.get("subcommand")
+        init_args = self.config[subcommand].get("model", {}).get("init_args") if subcommand else None
+        wanted = {k: init_args[k] for k in SAMPLING_OPTIONS if init_args is not None and k in init_args}
+        super()._parse_ckpt_path()
+        if not wanted:
+            return
+        rebuilt = self.config[subcommand].model.get("init_args")
+        for key, value in wanted.items():
+            if rebuilt is not None and key in rebuilt and rebuilt[key] != value:
+                rebuilt[key] = value
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

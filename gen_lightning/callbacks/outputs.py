@@ -48,7 +48,8 @@ class MetricsWriter(L.Callback):
             "omitted": getattr(pl_module, "omitted_metrics", {}),
             "conventions": getattr(pl_module, "metric_conventions", {}),
             "training": getattr(pl_module, "fit_stats", {}),
-            "sampling": getattr(pl_module, "sampling_conditions", {}),
+            "sampling": {"network_evaluations_per_sample": getattr(pl_module, "network_evaluations_per_sample", None),
+                         **getattr(pl_module, "sampling_conditions", {})},
             "extra": getattr(pl_module, "extra_report", {}),  # e.g. the class histogram of samples
             "num_parameters": sum(p.numel() for p in pl_module.parameters()),
         }

@@ -43,6 +43,8 @@ def test_fit_then_test_with_ddim_on_ring8(workdir):
     report = read_metrics(workdir, "ddpm_gmm_ring8")
     m = report["metrics"]
     assert report["model"] == "gen_lightning.models.diffusion.DDPM"
+    # the override's DDIM-20 sampler, not the DDPM-1000 sampler stored in the checkpoint's hyperparameters
+    assert report["sampling"]["network_evaluations_per_sample"] == 20
     assert report["trained"]["epochs"] == 6
     assert "test/nll" in report["omitted"] and "test/bpd_vlb" in report["omitted"]
     # The untrained net predicts eps = 0 (zero-initialized output), so its samples all sit near the origin,
