@@ -34,7 +34,9 @@ import numpy as np  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-LOWER_IS_BETTER = ("fid", "kid", "kl", "nll", "bpd", "nelbo", "ms_per", "cv", "nonfinite", "loss", "seconds")
+LOWER_IS_BETTER = ("fid", "kid", "kl", "nll", "bpd", "nelbo", "ms_per", "cv", "nonfinite", "loss", "seconds", "energy_distance")
+# descriptive values with no better direction (an EBM's mean energy on data, spreads of other metrics): tabled, not ranked
+NO_DIRECTION = ("energy_data", "_std")
 HIGHER_IS_BETTER = ("acc", "entropy", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered")
 RADAR_AXES = {
     "quality": ("classifier_fid", "fid", "reverse_kl_modes", "kl_data_model", "nll_iwae_nats", "bpd_iwae", "high_quality_fraction"),
@@ -153,7 +155,7 @@ def normalized(runs: list[Run], metric: str) -> list[float | None]:
 
 def numeric_metrics(runs: list[Run]) -> list[str]:
     names = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
-    return [m for m in names if m != "num_modes"]
+    return [m for m in names if m != "num_modes" and not any(k in m for k in NO_DIRECTION)]
 
 
 def fig_bars(runs: list[Run]) -> plt.Figure:
