@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from typing import Any
 
@@ -20,7 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from gen_lightning.errors import CheckpointMismatchError, ConfigError
+from gen_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -123,6 +124,24 @@ class GenerativeModel(L.LightningModule):
             return optimizer_callable(params)
         except ValueError as e:  # e.g. "Invalid learning rate: -0.001"
             raise ConfigError(f"model.{name} rejected its arguments ({e}); fix model.{name}.init_args in the config") from None
+
+    # ---- divergence ---------------------------------------------------------------------
+    # what a family suggests when its training diverges; each family sets its own
+    divergence_advice: str = "Lower the learning rate"
+
+    def check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop a diverged run before its weights change, so the last checkpoint stays the last good one."""
+        if not math.isfinite(value.item()):
+            self.diverged(f"{what} became {value.item()}")
+
+    def diverged(self, what: str) -> None:
+        """Raise the one-line TrainingDivergedError: what happened, where the last good checkpoint is, what to try."""
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
+        raise TrainingDivergedError(
+            f"{what} at step {self.global_step} (epoch {self.current_epoch}); training stopped before updating the "
+            f"weights, and the last checkpoint{where} is the last good one. {self.divergence_advice}"
+        )
 
     # ---- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

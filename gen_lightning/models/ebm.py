@@ -39,7 +39,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.errors import ConfigError
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, shape_text
 from gen_lightning.samplers.sgld import SGLD
@@ -73,6 +73,8 @@ def _check_hparams(**h) -> None:
 
 class EBM(GenerativeModel):
     """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`; `scheduler` (optional) steps once per epoch."""
+
+    divergence_advice = "Lower the learning rate or step_size, raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
 
     conditional = False
 
@@ -210,25 +212,14 @@ class EBM(GenerativeModel):
     def check_diverged(self, loss: torch.Tensor, e_pos: torch.Tensor, e_neg: torch.Tensor) -> None:
         """Stop before the weights change when the loss is not finite or an energy exceeds max_energy."""
         largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
-        if not math.isfinite(loss.item()):
-            self.diverged(f"the EBM loss became {loss.item()}")
+        self.check_finite(loss, "the EBM loss")
         if largest > self.max_energy:
             self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.energy.parameters() if p.grad is not None])
         self.log("train/grad_norm", grad_norm)
-        if not math.isfinite(grad_norm.item()):
-            self.diverged(f"the energy network's gradient norm became {grad_norm.item()}")
-
-    def diverged(self, what: str) -> None:
-        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
-        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
-        raise TrainingDivergedError(
-            f"{what} at step {self.global_step} (epoch {self.current_epoch}); training stopped before updating the "
-            f"weights, and the last checkpoint{where} is the last good one. Lower the learning rate or step_size, "
-            "raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
-        )
+        self.check_finite(grad_norm, "the energy network's gradient norm")
 
     def configure_optimizers(self):
         optimizer = self.build_optimizer(self.optimizer_callable, self.energy.parameters())

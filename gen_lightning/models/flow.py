@@ -29,7 +29,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
-from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.errors import ConfigError
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
 
@@ -83,6 +83,8 @@ class Flow(GenerativeModel):
     `sample_temperature`: the default T of `sample()`; Glow shows T = 0.7 for its figures.
     `scheduler`: an optional learning-rate schedule, stepped once per epoch.
     """
+
+    divergence_advice = "Lower the learning rate, or set trainer.gradient_clip_val"
 
     network_evaluations_per_sample = 1  # one pass of net.inverse
 
@@ -241,18 +243,6 @@ class Flow(GenerativeModel):
         grad_norm = torch.nn.utils.get_total_norm(grads)
         self.check_finite(grad_norm, "the gradient norm")
         self.log("train/grad_norm", grad_norm)
-
-    def check_finite(self, value: torch.Tensor, what: str) -> None:
-        """Stop a diverged run before its weights change, so the last checkpoint stays the last good one."""
-        if math.isfinite(value.item()):
-            return
-        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
-        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
-        raise TrainingDivergedError(
-            f"{what} became {value.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
-            f"before updating the weights, and the last checkpoint{where} is the last good one. Lower the learning "
-            "rate, or set trainer.gradient_clip_val"
-        )
 
     def _nll(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """-log p(x) with the dequantization noise seeded by the batch index, so evaluations repeat exactly."""

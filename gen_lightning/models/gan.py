@@ -30,7 +30,6 @@ used for sampling, so the averaged D is never used for a reported number.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Literal
 
 import torch
@@ -41,7 +40,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from gen_lightning import losses
 from gen_lightning.callbacks.sample_grid import SampleGrid
-from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.errors import ConfigError
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
@@ -87,6 +86,8 @@ class GAN(GenerativeModel):
     `g_optimizer`/`d_optimizer` each get their own learning rate and betas from the config;
     `g_scheduler`/`d_scheduler` step once per epoch.
     """
+
+    divergence_advice = "Lower the learning rates, or try loss: hinge, r1_gamma > 0 or a spectral-norm discriminator"
 
     conditional = False
     network_evaluations_per_sample = 1
@@ -267,18 +268,6 @@ class GAN(GenerativeModel):
         self.check_finite(grad_norm, f"the {name} gradient norm")
         opt.step()
         return grad_norm
-
-    def check_finite(self, value: torch.Tensor, what: str) -> None:
-        """Stop a diverged run before its weights change, so the last checkpoint stays the last good one."""
-        if math.isfinite(value.item()):
-            return
-        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
-        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
-        raise TrainingDivergedError(
-            f"{what} became {value.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
-            f"before updating the weights, and the last checkpoint{where} is the last good one. Lower the learning "
-            "rates, or try loss: hinge, r1_gamma > 0 or a spectral-norm discriminator"
-        )
 
     def configure_optimizers(self):
         opt_g = self.build_optimizer(self.g_optimizer, self.generator.parameters(), "g_optimizer")

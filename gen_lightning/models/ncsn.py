@@ -42,7 +42,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
-from gen_lightning.errors import ConfigError, TrainingDivergedError
+from gen_lightning.errors import ConfigError
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.langevin import AnnealedLangevin
 from gen_lightning.samplers.sigmas import GeometricSigmas
@@ -59,6 +59,8 @@ OMITTED_METRICS = {
 
 class NCSN(GenerativeModel):
     """An unconditional NCSN: `net` scores x at each noise level of `sigmas`; `sampler` draws samples with it."""
+
+    divergence_advice = "Lower the learning rate"
 
     conditional = False
 
@@ -126,20 +128,9 @@ class NCSN(GenerativeModel):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, _ = batch
         loss = self.dsm(x0)
-        self.check_finite(loss)
+        self.check_finite(loss, "the DSM loss")
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def check_finite(self, loss: torch.Tensor) -> None:
-        """Stop a diverged run before its weights change, so that the last checkpoint stays the last good one."""
-        if math.isfinite(loss.item()):
-            return
-        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
-        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
-        raise TrainingDivergedError(
-            f"the DSM loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
-            f"before updating the weights, and the last checkpoint{where} is the last good one. Lower the learning rate"
-        )
 
     def configure_optimizers(self):
         optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
