@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -125,26 +126,83 @@ class GenerativeModel(L.LightningModule):
         except ValueError as e:  # e.g. "Invalid learning rate: -0.001"
             raise ConfigError(f"model.{name} rejected its arguments ({e}); fix model.{name}.init_args in the config") from None
 
-    # ---- divergence ---------------------------------------------------------------------
+    # ---- divergence: one guard for every family -------------------------------------------
     # what a family suggests when its training diverges; each family sets its own
     divergence_advice: str = "Lower the learning rate"
+    # what each optimizer of configure_optimizers trains, in order, when there are several (GAN)
+    optimizer_names: tuple[str, ...] = ()
 
-    def check_finite(self, value: torch.Tensor, what: str) -> None:
-        """Stop a diverged run before its weights change, so the last checkpoint stays the last good one."""
-        if not math.isfinite(value.item()):
-            self.diverged(f"{what} became {value.item()}")
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Keep the loss being backpropagated (also under manual optimization), for the check before the step."""
+        self._guarded_loss = loss.detach()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before the optimizer changes any weight when the loss or the gradients are not finite.
+
+        Lightning calls this after backward and before `optimizer.step()`, for automatic and manual
+        optimization alike, so the weights (and with them every checkpoint) stay the last finite ones.
+        One host sync per step: the loss and the gradient norm are checked together.
+        """
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        loss = getattr(self, "_guarded_loss", None)
+        loss = torch.zeros((), device=grad_norm.device) if loss is None else loss.float().to(grad_norm.device)
+        if not bool(torch.isfinite(torch.stack([loss, grad_norm.float()])).all()):
+            whose = self._optimizer_name(optimizer)
+            what = (f"the {whose}loss became {loss.item()}" if not math.isfinite(loss.item())
+                    else f"the {whose}gradient norm became {grad_norm.item()}")
+            self.diverged(what)
+        self.last_grad_norm = grad_norm.detach()
+
+    def _optimizer_name(self, optimizer) -> str:
+        """'discriminator ' when a family names its optimizers, else ''."""
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        for name, opt in zip(self.optimizer_names, optimizers):
+            if optimizer is opt or getattr(optimizer, "optimizer", None) is opt:
+                return f"{name} "
+        return ""
 
     def diverged(self, what: str) -> None:
-        """Raise the one-line TrainingDivergedError: what happened, where the last good checkpoint is, what to try."""
-        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
-        where = f" in {callback.dirpath}" if callback is not None and callback.dirpath else ""
+        """Raise the one-line TrainingDivergedError: what happened, at which step, what is kept, what to try."""
         raise TrainingDivergedError(
-            f"{what} at step {self.global_step} (epoch {self.current_epoch}); training stopped before updating the "
-            f"weights, and the last checkpoint{where} is the last good one. {self.divergence_advice}"
+            f"{what} at step {self.global_step} (epoch {self.current_epoch}){self._learning_rates()}; training stopped "
+            f"before updating the weights. {self._checkpoints_kept()} {self.divergence_advice}"
         )
+
+    def _learning_rates(self) -> str:
+        """', learning rate 1000': the usual cause of a divergence, named in its message."""
+        if self._trainer is None or not self.trainer.optimizers:
+            return ""
+        lrs = sorted({g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups if "lr" in g})
+        return f", learning rate {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else ""
+
+    def _checkpoints_kept(self) -> str:
+        """Which checkpoints exist, for the divergence message."""
+        if self._trainer is None:
+            return "No checkpoint was written."
+        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        written = sorted({Path(p).name for cb in callbacks for p in (cb.last_model_path, cb.best_model_path) if p})
+        if written:
+            return (f"The checkpoints in {callbacks[0].dirpath} ({', '.join(written)}) hold the last finite weights "
+                    "and were not overwritten.")
+        earlier = sorted({p.name for cb in callbacks if Path(cb.dirpath).is_dir() for p in Path(cb.dirpath).glob("*.ckpt")})
+        if earlier:
+            return (f"This run wrote no checkpoint; those already in {callbacks[0].dirpath} ({', '.join(earlier)}) "
+                    "were not touched.")
+        return "No checkpoint had been written yet by this run, so there is none to resume from."
+
+    @staticmethod
+    def nonfinite_weights(state_dict: dict) -> list[str]:
+        """Names of the floating-point tensors in `state_dict` that hold a NaN or an infinity."""
+        return [k for k, v in state_dict.items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
     # ---- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the last line of defence: a checkpoint of non-finite weights is never written over a good one
+        bad = self.nonfinite_weights(checkpoint.get("state_dict", {}))
+        if bad:
+            self.diverged(f"{len(bad)} weight tensors became non-finite (first: {bad[0]})")
         checkpoint["gen_lightning"] = {
             "model_class": _class_name(self),
             "data_shape": list(self.data_shape) if self.data_shape else None,
@@ -202,9 +260,10 @@ class GenerativeModel(L.LightningModule):
                 "use the config that trained it (saved as config.yaml in its run directory)"
             ) from None
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_start(self) -> None:
         # Resume exactly: put the RNGs back where they were when the checkpoint was written, at the
-        # same point of the loop (before this epoch's shuffle and noise draws).
+        # same point of the loop (after the sanity check, before the next batch's noise draws; a
+        # mid-epoch checkpoint resumes without another on_train_epoch_start).
         rng, self._rng_to_restore = self._rng_to_restore, None
         if rng is None:
             return

@@ -212,14 +212,12 @@ class EBM(GenerativeModel):
     def check_diverged(self, loss: torch.Tensor, e_pos: torch.Tensor, e_neg: torch.Tensor) -> None:
         """Stop before the weights change when the loss is not finite or an energy exceeds max_energy."""
         largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
-        self.check_finite(loss, "the EBM loss")
         if largest > self.max_energy:
             self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.energy.parameters() if p.grad is not None])
-        self.log("train/grad_norm", grad_norm)
-        self.check_finite(grad_norm, "the energy network's gradient norm")
+        super().on_before_optimizer_step(optimizer)  # the divergence guard (models/base.py)
+        self.log("train/grad_norm", self.last_grad_norm)
 
     def configure_optimizers(self):
         optimizer = self.build_optimizer(self.optimizer_callable, self.energy.parameters())

@@ -232,17 +232,14 @@ class Flow(GenerativeModel):
         x, _ = batch
         nll = -self.log_prob(x)
         loss = nll.mean()
-        self.check_finite(loss, "the negative log-likelihood")
         self.log("train/loss", loss, prog_bar=True)
         if self.is_image:
             self.log("train/bpd", self.bits_per_dim(nll).mean())
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)
-        self.check_finite(grad_norm, "the gradient norm")
-        self.log("train/grad_norm", grad_norm)
+        super().on_before_optimizer_step(optimizer)  # the divergence guard (models/base.py)
+        self.log("train/grad_norm", self.last_grad_norm)
 
     def _nll(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """-log p(x) with the dequantization noise seeded by the batch index, so evaluations repeat exactly."""

@@ -87,6 +87,7 @@ class GAN(GenerativeModel):
     `g_scheduler`/`d_scheduler` step once per epoch.
     """
 
+    optimizer_names = ("generator", "discriminator")  # configure_optimizers returns [G's, D's]
     divergence_advice = "Lower the learning rates, or try loss: hinge, r1_gamma > 0 or a spectral-norm discriminator"
 
     conditional = False
@@ -245,7 +246,7 @@ class GAN(GenerativeModel):
         with self.toggled_optimizer(opt):
             real_logits, fake_logits = self.critic(real, labels), self.critic(fake, labels)
             loss = self.d_loss_fn(real_logits, fake_logits) + self.penalty(real, fake, labels)
-            grad_norm = self.update(opt, loss, self.discriminator, "discriminator")
+            grad_norm = self.update(opt, loss)
         self.log_dict({"train/d_loss": loss, "train/d_real": self.d_output(real_logits),
                        "train/d_fake": self.d_output(fake_logits), "train/d_grad_norm": grad_norm})
         return loss
@@ -254,20 +255,17 @@ class GAN(GenerativeModel):
         """One update of G through D's score of its samples; D is frozen."""
         with self.toggled_optimizer(opt):
             loss = self.g_loss_fn(self.critic(fake, labels))
-            grad_norm = self.update(opt, loss, self.generator, "generator")
+            grad_norm = self.update(opt, loss)
         self.log("train/g_loss", loss, prog_bar=True)
         self.log("train/g_grad_norm", grad_norm)
         return loss
 
-    def update(self, opt, loss: torch.Tensor, net: nn.Module, name: str) -> torch.Tensor:
-        """Backward and step; raises before the step when the loss or gradients are not finite."""
-        self.check_finite(loss, f"the {name} loss")
+    def update(self, opt, loss: torch.Tensor) -> torch.Tensor:
+        """Backward and step; the divergence guard (models/base.py) raises before the step when the loss or gradients are not finite."""
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
-        self.check_finite(grad_norm, f"the {name} gradient norm")
         opt.step()
-        return grad_norm
+        return self.last_grad_norm
 
     def configure_optimizers(self):
         opt_g = self.build_optimizer(self.g_optimizer, self.generator.parameters(), "g_optimizer")

@@ -51,5 +51,6 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_checkpoint(workdir, c
     err = capsys.readouterr().err
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: the energy reached |E| = ") and "max_energy = 1e-06" in line and "last good one" in line
+    assert line.startswith("error: the energy reached |E| = ") and "max_energy = 1e-06" in line
+    assert "This run wrote no checkpoint; those already in" in line and "last.ckpt" in line
     assert last.read_bytes() == good  # no checkpoint of the diverged weights

@@ -16,7 +16,7 @@ FAST = [
 
 
 def test_fit_then_test_on_grid25(workdir):
-    main(["test", "--config", CONFIG, *FAST])  # the untrained generator, for reference
+    main(["test", "--config", CONFIG, *FAST, "--allow_untrained", "true"])  # the untrained generator, for reference
     untrained = read_metrics(workdir, "gan_gmm_grid25")["metrics"]
 
     main(["fit", "--config", CONFIG, *FAST])
@@ -32,13 +32,17 @@ def test_fit_then_test_on_grid25(workdir):
     assert report["trained"]["epochs"] == 10
     assert "test/nll" in report["omitted"] and "test/kl_data_model" in report["omitted"]
     assert {"test/modes_covered", "test/high_quality_fraction", "test/reverse_kl_modes"} <= m.keys()
-    # The untrained generator sits near the origin (energy distance ~1.8; a couple of central modes get 20
-    # samples by chance). After these ~2,000 steps (seed 0) the averaged generator is spread over the grid
-    # (energy distance 0.019) and has started to sharpen: 3 modes covered, 13% of samples within 3 std of a
-    # mode. The config's full 80 epochs are in docs/results/gan.md.
+    # The untrained generator sits near the origin (energy distance ~1.8). After these ~2,000 steps the averaged
+    # generator is spread over the whole grid: energy distance 0.019 / 0.014 at seeds 0 / 1, about 100x lower. How
+    # many modes it has sharpened by then is luck (3 / 5 at seeds 0 / 1, 1 on another torch build), so this short
+    # run asserts only what is robust; mode coverage after the config's full 80 epochs is in docs/results/gan.md.
     assert m["test/energy_distance"] < 0.05 * untrained["test/energy_distance"]
-    assert m["test/modes_covered"] >= 2
-    assert m["test/high_quality_fraction"] > 0.05
+    out = workdir / "samples.pt"
+    main(["predict", "--config", CONFIG, "--ckpt_path", str(ckpt), "--samples.num_samples", "2500", "--samples.output", str(out)])
+    x = torch.load(out)["samples"]
+    # the data's spread per axis is sqrt(8) = 2.83 (modes at -4..4 step 2, std 0.05); measured 2.81-2.88 at seeds 0-2
+    torch.testing.assert_close(x.std(0), torch.full((2,), 8**0.5), rtol=0.1, atol=0.0)
+    assert x.mean(0).abs().max() < 0.3  # centred on the grid (measured |mean| <= 0.09)
 
 
 def test_divergence_stops_with_one_line_and_keeps_the_last_checkpoint(workdir, capsys):
@@ -54,5 +58,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_checkpoint(workdir, c
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: the ") and "became" in err and "last good one" in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: the ") and "became" in line and "learning rate 1e+30" in line
+    assert "This run wrote no checkpoint; those already in" in line and "last.ckpt" in line
     assert last.read_bytes() == good  # no checkpoint of the diverged weights

@@ -108,7 +108,7 @@ class Constant(nn.Module):
 
 
 @pytest.mark.parametrize("energy, kwargs, match", [
-    (Constant(math.nan), {}, "the EBM loss became nan"),
+    (Constant(math.nan), {}, "the loss became nan"),
     (Constant(50.0), {"max_energy": 10.0}, r"\|E\| = 50 > max_energy = 10"),
 ])  # fmt: skip
 def test_divergence_stops_with_one_line_before_the_update(energy, kwargs, match):
@@ -116,7 +116,7 @@ def test_divergence_stops_with_one_line_before_the_update(energy, kwargs, match)
     dm = GMMDataModule(n_train=64, n_val=64, n_test=64, batch_size=32)
     with pytest.raises(TrainingDivergedError, match=match) as err:
         trainer(max_steps=1).fit(model, datamodule=dm)
-    assert "\n" not in str(err.value) and "last good one" in str(err.value)
+    assert "\n" not in str(err.value) and "No checkpoint had been written yet" in str(err.value)
     assert model.energy.w.item() == 0.0  # no optimizer step
 
 
