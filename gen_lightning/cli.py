@@ -15,36 +15,150 @@ user can fix (gen_lightning.errors.GenError) print one line, `error: ...`, and e
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import pickle
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
 from gen_lightning.callbacks.run_stats import FitStats, SamplingSpeed
-from gen_lightning.errors import CheckpointMismatchError, GenError
+from gen_lightning.callbacks.interruption import SaveOnInterrupt
+from gen_lightning.checkpoint_io import AtomicCheckpointIO
+from gen_lightning.errors import CheckpointError, CheckpointMismatchError, ConfigError, GenError
 
 # Lightning's own notices that say nothing to a gen user: modules passed to __init__ are saved
 # by checkpointing anyway (the CLI stores their class_path in hparams), and an internal deprecation.
 QUIET_WARNINGS = (
     r"Attribute '.*' is an instance of `nn.Module` and is already saved during checkpointing",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # our DataModules resume mid-epoch through their own state_dict (data.base.ResumableDataModule)
+    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
+
+# Subcommands that evaluate or sample a model: without --ckpt_path they would score random weights.
+EVALUATING = ("validate", "test", "predict")
+
+
+def model_class(model_config) -> type | None:
+    """The class a config's `model.class_path` names (None when it cannot be imported)."""
+    path = getattr(model_config, "class_path", None)
+    module, _, name = (path or "").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def check_not_untrained(subcommand: str, config) -> None:
+    """`gen test|validate|predict` of a generative model needs a trained checkpoint, or an explicit opt-in."""
+    from gen_lightning.models.base import GenerativeModel
+
+    cls = model_class(config.model)
+    if subcommand not in EVALUATING or config.get("ckpt_path") or config.get("allow_untrained"):
+        return
+    if cls is not None and issubclass(cls, GenerativeModel):
+        raise ConfigError(
+            f"gen {subcommand} without --ckpt_path would {'sample' if subcommand == 'predict' else 'score'} an untrained "
+            f"{cls.__name__}; pass --ckpt_path checkpoints/<experiment>/last.ckpt (or --allow_untrained true to do it on purpose)"
+        )
+
+
+def summarize_parser_error(lines: list[str]) -> str:
+    """jsonargparse's nested union report -> its one informative line.
+
+    'Parser key "model": ... Problem with given class_path 'X.VAE': / Option 'foo' is not accepted'
+    becomes 'model (X.VAE): Option 'foo' is not accepted'.
+    """
+    first = lines[0].strip()
+    key = first.removeprefix('Parser key "').split('"', 1)[0] if first.startswith('Parser key "') else None
+    for i, line in enumerate(lines[:-1]):
+        if "Problem with given class_path" in line:
+            class_path = line.split("'")[1] if line.count("'") >= 2 else "?"
+            return f"{key or 'config'} ({class_path}): {lines[i + 1].strip()}"
+    return first
+
+
+class GenArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, but a mistake prints its one line first, and a pointer to --help instead of the usage."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        lines = [line for line in str(message).strip().splitlines() if line.strip()] or ["invalid arguments"]
+        sys.stderr.write(f"error: {summarize_parser_error(lines)}\n")
+        if len(lines) > 1:
+            sys.stderr.write("details:\n" + "\n".join(lines[:14]) + ("\n  ..." if len(lines) > 14 else "") + "\n")
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"(`{prog} --help` lists the arguments)\n")
+        raise SystemExit(2)
+
+
+DESCRIPTION = """\
+gen: train, evaluate and compare generative models; one YAML config is one experiment.
+
+  gen fit      --config configs/X.yaml
+  gen test     --config configs/X.yaml --ckpt_path checkpoints/X/last.ckpt   (writes metrics.json)
+  gen predict  --config configs/X.yaml --ckpt_path checkpoints/X/last.ckpt --samples.num_samples N --samples.output F.pt
+  gen validate --config configs/X.yaml --ckpt_path checkpoints/X/last.ckpt
+  gen compare  RUN_DIR [RUN_DIR ...] --output compare/   (tables and figures of finished runs; gen compare --help)
+"""
+
+
+def read_checkpoint(ckpt_path: str) -> dict | None:
+    """The checkpoint's contents, or one CheckpointError naming the file and what is wrong with it.
+
+    None when the file holds Python objects that `weights_only` loading refuses (hyperparameters
+    of nets built in Python): Lightning loads those itself.
+    """
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise CheckpointError(f"--ckpt_path {ckpt_path} does not exist; pass a .ckpt written by `gen fit` (e.g. checkpoints/<experiment>/last.ckpt)")
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {ckpt_path} is a folder; pass a .ckpt file in it")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"--ckpt_path {ckpt_path} is not a readable checkpoint: truncated or not a PyTorch file "
+            f"({path.stat().st_size} bytes, not a zip archive); use an intact .ckpt, e.g. the run's best-*.ckpt"
+        )
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            return None
+        raise CheckpointError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"--ckpt_path {ckpt_path} is not a readable checkpoint: truncated or not a PyTorch file ({reason}); "
+            "use an intact .ckpt, e.g. the run's best-*.ckpt"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {ckpt_path} is a PyTorch file but not a Lightning checkpoint (no state_dict); "
+                              "pass a .ckpt written by `gen fit`")
+    return checkpoint
 
 
 def check_checkpoint_class(ckpt_path: str | None, model_config) -> None:
-    """Refuse a checkpoint written by another model class than the config builds.
+    """Refuse an unreadable checkpoint, or one written by another model class than the config builds.
 
     LightningCLI would otherwise replace the config's model with the checkpoint's
     hyperparameters, class included, and run a model the user did not ask for.
     """
-    if not ckpt_path or not Path(ckpt_path).is_file():
+    if not ckpt_path:
         return
-    meta = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("gen_lightning")
+    checkpoint = read_checkpoint(ckpt_path)
+    if checkpoint is None:
+        return
+    meta = checkpoint.get("gen_lightning")
     wanted = getattr(model_config, "class_path", None)
     if meta is not None and wanted is not None and meta["model_class"] != wanted:
         raise CheckpointMismatchError(
@@ -76,6 +190,8 @@ class GenCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_class=GenArgumentParser,
+            parser_kwargs={"description": DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter},
             auto_configure_optimizers=False,  # every family injects its own OptimizerCallable(s)
             args=args,
             run=run,
@@ -85,6 +201,7 @@ class GenCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
+            check_not_untrained(subcommand, self.config[subcommand])
             check_checkpoint_class(self.config[subcommand].get("ckpt_path"), self.config[subcommand].model)
 
     def _parse_ckpt_path(self) -> None:
@@ -111,7 +228,9 @@ class GenCLI(LightningCLI):
         def rank(cb) -> int:
             return 2 if isinstance(cb, Checkpoint) else 1 if isinstance(cb, WeightAveraging) else 0
 
-        trainer.callbacks = sorted(trainer.callbacks, key=rank)
+        trainer.callbacks = sorted([*trainer.callbacks, SaveOnInterrupt()], key=rank)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user configured
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -119,6 +238,8 @@ class GenCLI(LightningCLI):
         parser.add_lightning_class_args(SampleWriter, "samples")
         parser.add_lightning_class_args(FitStats, "fit_stats")
         parser.add_lightning_class_args(SamplingSpeed, "speed")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="gen test/validate/predict without --ckpt_path: evaluate the untrained model on purpose")
 
 
 def main(args: ArgsType = None) -> None:

@@ -17,6 +17,10 @@ class DatasetNotFoundError(GenError, FileNotFoundError):
     """A dataset's files are not where the DataModule looked, and it could not download them."""
 
 
+class CheckpointError(GenError, ValueError):
+    """A checkpoint file is missing, truncated, or not a Lightning checkpoint."""
+
+
 class CheckpointMismatchError(GenError, ValueError):
     """A checkpoint was written by another model class, or for data of another shape."""
 

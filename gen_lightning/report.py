@@ -37,11 +37,11 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 LOWER_IS_BETTER = ("fid", "kid", "kl", "nll", "bpd", "nelbo", "ms_per", "cv", "nonfinite", "loss", "seconds", "energy_distance")
 # descriptive values with no better direction (an EBM's mean energy on data, spreads of other metrics): tabled, not ranked
 NO_DIRECTION = ("energy_data", "_std")
-HIGHER_IS_BETTER = ("acc", "entropy", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered")
+HIGHER_IS_BETTER = ("acc", "entropy", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered", "diversity")
 RADAR_AXES = {
     "quality": ("classifier_fid", "fid", "reverse_kl_modes", "kl_data_model", "nll_iwae_nats", "bpd_iwae", "high_quality_fraction"),
     "stability": ("loss_cv_tail", "g_loss_cv_tail", "d_loss_cv_tail"),
-    "controllability": ("label_accuracy",),
+    "controllability": ("label_accuracy", "within_class_diversity_min"),
     "efficiency": ("sample_ms_per_img", "train_images_per_second"),
 }
 
@@ -102,6 +102,8 @@ def load_run(path: Path) -> Run:
         "epochs": report.get("trained", {}).get("epochs"),
     }
     name = path.parent.name if path.name.startswith("version_") else path.name
+    if report.get("untrained"):
+        name += " (untrained)"  # `gen test --allow_untrained`: a reference point, not a trained model
     return Run(name, path, report["model"].rsplit(".", 1)[-1], report["data"].get("dataset", "?"), metrics, info,
                read_curves(fit_dir), grids[-1] if grids else None)  # fmt: skip
 

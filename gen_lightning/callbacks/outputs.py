@@ -43,6 +43,7 @@ class MetricsWriter(L.Callback):
             "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "data": getattr(pl_module, "data_info", {}),
             "checkpoint": trainer.ckpt_path,
+            "untrained": trainer.ckpt_path is None,  # only with `gen test --allow_untrained true`
             "trained": getattr(pl_module, "trained_progress", {}),
             "metrics": dict(sorted(metrics.items())),
             "omitted": getattr(pl_module, "omitted_metrics", {}),

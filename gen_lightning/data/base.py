@@ -52,11 +52,14 @@ class EpochShuffleSampler(Sampler[int]):
 
     Lightning calls `set_epoch` before each epoch (as for DistributedSampler, which replaces
     this sampler under DDP), and the permutation is drawn lazily on the first batch, so a run
-    resumed from a checkpoint sees the same order as an uninterrupted one.
+    resumed from a checkpoint sees the same order as an uninterrupted one. `resume_at`
+    (epoch, samples already seen) makes the first pass over that epoch skip what a mid-epoch
+    checkpoint had already trained on.
     """
 
-    def __init__(self, n: int, seed: int = 0):
+    def __init__(self, n: int, seed: int = 0, resume_at: tuple[int, int] | None = None):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.resume_at = resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,21 +69,57 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            order = order[self.resume_at[1]:]
+        self.resume_at = None  # one epoch only
+        yield from order
 
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                resume_at: tuple[int, int] | None = None) -> DataLoader:
     """DataLoader over a batched-fetch dataset; shuffling is epoch-seeded (see EpochShuffleSampler)."""
     return DataLoader(
         ds,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(ds), seed) if shuffle else None,
+        sampler=EpochShuffleSampler(len(ds), seed, resume_at) if shuffle else None,
         num_workers=num_workers,
         collate_fn=collate_batch,
         persistent_workers=num_workers > 0,
         # the loader's worker base seed comes from its own generator, not the global RNG
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class ResumableDataModule(L.LightningDataModule):
+    """A DataModule whose checkpoints say how far into the epoch training was, for a mid-epoch resume.
+
+    `gen fit` interrupted by SIGTERM or Ctrl+C saves a checkpoint after the batch in flight
+    (callbacks.interruption). Lightning stores this DataModule's `state_dict` in it; on
+    `--ckpt_path`, `train_dataloader` skips the batches of that epoch already trained on, so the
+    resumed run sees exactly the batches that an uninterrupted run would have.
+    """
+
+    batch_size: int
+    _resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained on)
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"epoch": trainer.current_epoch, "batches_done": done, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and state.get("batch_size") == self.batch_size:
+            self._resume_at = (state["epoch"], state["batches_done"])
+
+    def train_loader(self, ds: Dataset, seed: int, num_workers: int = 0) -> DataLoader:
+        """The shuffled training loader, starting where a mid-epoch checkpoint left off."""
+        resume = self._resume_at
+        self._resume_at = None
+        resume_samples = None if resume is None else (resume[0], resume[1] * self.batch_size)
+        return make_loader(ds, self.batch_size, True, seed, num_workers, resume_samples)
 
 
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +154,7 @@ def fixed_bernoulli(x_uint8: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(probs, generator=g).to(torch.uint8).mul_(255)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableDataModule):
     """Base for image DataModules: subclasses fill `self._splits` in `setup()`.
 
     `_splits` maps "train", "val" and "test" to `(x_uint8 (N, C, H, W), y_long (N,))`.
@@ -189,7 +228,7 @@ class ImageDataModule(L.LightningDataModule):
         return make_loader(self.split(name), self.batch_size, shuffle, self.seed, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.train_loader(self.split("train"), self.seed, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from gen_lightning.data.base import TensorPairDataset, make_loader, predict_loader
+from gen_lightning.data.base import ResumableDataModule, TensorPairDataset, make_loader, predict_loader
 from gen_lightning.errors import ConfigError
 
 
@@ -81,7 +80,7 @@ class GaussianMixture:
         return idx, dist / self.stds[idx]
 
 
-class GMMDataModule(L.LightningDataModule):
+class GMMDataModule(ResumableDataModule):
     """Fixed train/val/test sample sets from a 2-D Gaussian mixture."""
 
     def __init__(
@@ -143,7 +142,7 @@ class GMMDataModule(L.LightningDataModule):
         return make_loader(self.split(name), self.batch_size, shuffle, self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.train_loader(self.split("train"), self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -82,3 +82,72 @@ def test_weights_that_do_not_fit_the_model(workdir):
     model = VAE(narrow, MLP(in_shape=[2], out_shape=[4], hidden=[64]), Gaussian(), latent_dim=2)
     with pytest.raises(CheckpointMismatchError, match="weights do not fit VAE"):
         model.load_state_dict(ckpt["state_dict"])
+
+
+def first_error_line(err: str) -> str:
+    """Parser mistakes: the `error:` line comes first, before any details, and no usage block is printed."""
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("error: "), err
+    assert not any(line.startswith("usage:") for line in lines), err
+    return lines[0]
+
+
+def test_unknown_argument_of_a_class_reads_as_one_line_first(workdir, capsys):
+    line = first_error_line(run_error(capsys, ["fit", "--config", GMM, "--model.init_args.no_such_arg", "3"]))
+    assert line == "error: model (gen_lightning.models.vae.VAE): Option 'no_such_arg' is not accepted"
+
+
+def test_mistyped_trainer_argument_reads_as_one_line_first(workdir, capsys):
+    line = first_error_line(run_error(capsys, ["fit", "--config", GMM, "--trainer.max_epohs", "3"]))
+    assert "--trainer.max_epohs" in line
+
+
+def test_unknown_class_path_reads_as_one_line_first(workdir, capsys):
+    line = first_error_line(run_error(capsys, ["fit", "--config", GMM, "--model", "gen_lightning.models.vae.NoSuchModel"]))
+    assert "NoSuchModel" in line
+
+
+def test_help_lists_compare(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "gen compare" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict", "validate"])
+def test_evaluating_without_a_checkpoint_is_refused(workdir, capsys, subcommand):
+    err = one_line_error(capsys, [subcommand, "--config", GMM])
+    assert "without --ckpt_path" in err and "--ckpt_path checkpoints/" in err and "--allow_untrained true" in err
+    assert not (workdir / "lightning_logs").exists() or not list(workdir.glob("lightning_logs/*/*/metrics.json"))
+
+
+def test_an_untrained_model_on_purpose_is_labelled(workdir):
+    main(["test", "--config", GMM, *TINY, "--model.init_args.iw_samples", "4", "--allow_untrained", "true"])
+    report = json.loads(next(workdir.glob("lightning_logs/vae_gmm/*/metrics.json")).read_text())
+    assert report["checkpoint"] is None and report["untrained"] is True
+
+    from gen_lightning.report import load_run
+
+    run = load_run(next(workdir.glob("lightning_logs/vae_gmm/*/metrics.json")).parent)
+    assert run.name.endswith("(untrained)")
+
+
+def test_missing_checkpoint_file(workdir, capsys):
+    err = one_line_error(capsys, ["test", "--config", GMM, "--ckpt_path", "checkpoints/vae_gmm/nope.ckpt"])
+    assert err == ("error: --ckpt_path checkpoints/vae_gmm/nope.ckpt does not exist; pass a .ckpt written by `gen fit` "
+                   "(e.g. checkpoints/<experiment>/last.ckpt)")
+
+
+def test_truncated_checkpoint_file(workdir, capsys):
+    main(["fit", "--config", GMM, *TINY])
+    whole = (workdir / "checkpoints" / "vae_gmm" / "last.ckpt").read_bytes()
+    cut = workdir / "cut.ckpt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    err = one_line_error(capsys, ["test", "--config", GMM, "--ckpt_path", str(cut)])
+    assert str(cut) in err and "truncated or not a PyTorch file" in err
+
+
+def test_a_torch_file_that_is_not_a_lightning_checkpoint(workdir, capsys):
+    torch.save({"weights": torch.zeros(3)}, workdir / "plain.pt")
+    err = one_line_error(capsys, ["predict", "--config", GMM, "--ckpt_path", str(workdir / "plain.pt")])
+    assert "plain.pt" in err and "not a Lightning checkpoint" in err

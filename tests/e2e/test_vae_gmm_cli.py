@@ -1,5 +1,10 @@
 """The offline default job, as a user runs it: `gen fit`, `gen test`, `gen predict` on vae_gmm.yaml."""
 
+import os
+import signal
+
+import lightning as L
+import pytest
 import torch
 from conftest import CONFIGS, read_metrics
 
@@ -63,3 +68,46 @@ def test_resume_continues_exactly(workdir, tmp_path, monkeypatch):
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+class SignalAt(L.Callback):
+    """Test helper: sends this process `signum` once, at the end of training step `step` (as `kill` would)."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_exactly(workdir, tmp_path, monkeypatch, capsys, signum, status):
+    """SIGTERM or Ctrl+C in the middle of epoch 1 saves last.ckpt of that step and exits 143 / 130; --ckpt_path on it
+    ends bit for bit where an uninterrupted run ends."""
+    short = ["--data.init_args.n_train", "2000", "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "2"]
+    ckpt = "checkpoints/vae_gmm/last.ckpt"
+    for run in ("straight", "interrupted"):
+        (tmp_path / run).mkdir()
+    monkeypatch.chdir(tmp_path / "straight")
+    main(["fit", "--config", CONFIG, *short])
+    monkeypatch.chdir(tmp_path / "interrupted")
+    # 2,000 points in batches of 512: 4 steps an epoch; the signal comes after step 6, the 2nd batch of epoch 1
+    helper = {"class_path": f"{__name__}.SignalAt", "init_args": {"step": 6, "signum": int(signum)}}
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", CONFIG, *short, "--trainer.callbacks+", str(helper).replace("'", '"')])
+    assert exc.value.code == status
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {signal.Signals(signum).name} at step 6 (epoch 1, after batch 2 of 4); saved ")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 6 and saved["epoch"] == 1
+    assert saved["GMMDataModule"] == {"epoch": 1, "batches_done": 2, "batch_size": 512}
+
+    main(["fit", "--config", CONFIG, *short, "--ckpt_path", ckpt])
+    a = torch.load(tmp_path / "straight" / ckpt, weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / ckpt, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for k in a["optimizer_states"][0]["state"]:
+        assert torch.equal(a["optimizer_states"][0]["state"][k]["exp_avg"], b["optimizer_states"][0]["state"][k]["exp_avg"])
