@@ -132,15 +132,35 @@ class ClassifierMetrics(L.Callback):
             return
         samples, labels = drawn
         dm, clf = trainer.datamodule, self.clf.to(pl_module.device)
-        real = dm.convert(dm.split(self.split).x, train=False)
+        real_x, real_y = dm.split(self.split).x, dm.split(self.split).y
+        real = dm.convert(real_x, train=False)
         vr, bs = tuple(dm.value_range), self.batch_size
-        pl_module.log("test/classifier_fid", clf_metrics.classifier_fid(clf, samples, real, vr, bs))
+        fake_features = clf_metrics.classifier_features(clf, samples, vr, bs)
+        real_features = clf_metrics.classifier_features(clf, real, vr, bs)
+        fid = clf_metrics.frechet_distance(*clf_metrics.feature_moments(fake_features),
+                                           *clf_metrics.feature_moments(real_features))  # fmt: skip
+        pl_module.log("test/classifier_fid", fid)
         counts = clf_metrics.class_histogram(clf, samples, vr, bs)
         for name, value in clf_metrics.coverage_metrics(counts).items():
             pl_module.log(f"test/{name}", float(value))
         self.log_label_accuracy(pl_module, samples, labels, vr)
+        self.log_diversity(pl_module, fake_features, labels, real_features, real_y)
         note(pl_module, "extra_report", "class_histogram", counts.tolist())
         self.write_conventions(pl_module, len(real))
+
+    def log_diversity(self, pl_module, fake_features, labels, real_features, real_labels) -> None:
+        """Within-class diversity of a conditional model: its minimum and mean over classes, and each class's."""
+        names = ["test/within_class_diversity_min", "test/within_class_diversity_mean"]
+        if labels is None:
+            omit(pl_module, names, "unconditional model: its samples have no requested classes")
+            return
+        if pl_module.num_classes != self.clf.num_classes:
+            omit(pl_module, names, f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
+            return
+        ratios = clf_metrics.within_class_diversity(fake_features, labels, real_features, real_labels, self.clf.num_classes)
+        pl_module.log(names[0], float(ratios.min()))
+        pl_module.log(names[1], float(ratios.mean()))
+        note(pl_module, "extra_report", "within_class_diversity", [round(float(r), 4) for r in ratios])
 
     def log_label_accuracy(self, pl_module, samples: torch.Tensor, labels: torch.Tensor | None, value_range) -> None:
         name = "test/label_accuracy"

@@ -9,7 +9,9 @@ classifier trained on MNIST itself:
 - `class_histogram` and `coverage_metrics`: how the predicted classes of the samples spread
   over the 10 digits (mode coverage): classes covered, KL(histogram || uniform), entropy;
 - `label_accuracy`: the fraction of a conditional model's samples that the classifier puts
-  in the class they were asked for (controllability).
+  in the class they were asked for (controllability);
+- `within_class_diversity`: per class, how varied a conditional model's samples of that class
+  are, relative to real digits of the class (1 = as varied as real, 0 = one image per class).
 
 Every function runs the classifier in eval mode under no_grad, in batches, on the
 classifier's device; none of them draws random numbers. Images are float in `value_range`
@@ -166,3 +168,26 @@ def label_accuracy(
         raise ValueError(f"{len(x)} images but {len(requested_labels)} requested labels")
     predicted = predicted_classes(clf, x, value_range, batch_size)
     return float((predicted == requested_labels.cpu()).double().mean())
+
+
+# ---- diversity within each class -------------------------------------------------------------
+def feature_spread(features: torch.Tensor) -> torch.Tensor:
+    """sqrt(trace Cov): the root-mean-square distance of (N, D) features to their mean (0 for N < 2)."""
+    if len(features) < 2:
+        return torch.zeros((), dtype=torch.float64)
+    f = features.double()
+    return (f - f.mean(dim=0)).square().sum(dim=1).mean().sqrt()
+
+
+def within_class_diversity(
+    fake_features: torch.Tensor, fake_labels: torch.Tensor, real_features: torch.Tensor, real_labels: torch.Tensor,
+    num_classes: int,
+) -> torch.Tensor:
+    """(K,) per class c: spread of the classifier features of the samples asked for as c, divided by the spread of
+    the real images of class c. 1 = as varied as real digits of that class, 0 = one image repeated."""
+    ratios = []
+    for c in range(num_classes):
+        real_spread = feature_spread(real_features[real_labels.cpu() == c])
+        fake_spread = feature_spread(fake_features[fake_labels.cpu() == c])
+        ratios.append(fake_spread / real_spread if real_spread > 0 else torch.tensor(float("nan"), dtype=torch.float64))
+    return torch.stack(ratios)

@@ -18,6 +18,7 @@ from gen_lightning.metrics.classifier import (
     label_accuracy,
     load_classifier,
     predicted_classes,
+    within_class_diversity,
 )
 from gen_lightning.models.classifier import Classifier
 
@@ -162,3 +163,16 @@ def test_label_accuracy_of_a_model_replaying_real_images_is_the_classifier_accur
     accuracy = float((predicted_classes(clf, samples, (-1.0, 1.0)) == test.y[picked]).double().mean())
     assert label_accuracy(clf, samples, requested, value_range=(-1.0, 1.0)) == accuracy
     assert 0.75 < accuracy < 0.9  # nearest class mean on MNIST is about 82% accurate
+
+
+def test_within_class_diversity_by_hand():
+    """Class 0: real points (0,0),(2,0) spread 1, samples both at (5,5) spread 0 -> 0.
+    Class 1: real (0,0),(0,4) spread 2, samples (1,1),(1,5) spread 2 -> 1 (a shift does not matter)."""
+    real = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [0.0, 4.0]])
+    real_labels = torch.tensor([0, 0, 1, 1])
+    fake = torch.tensor([[5.0, 5.0], [5.0, 5.0], [1.0, 1.0], [1.0, 5.0]])
+    fake_labels = torch.tensor([0, 0, 1, 1])
+    ratios = within_class_diversity(fake, fake_labels, real, real_labels, num_classes=2)
+    torch.testing.assert_close(ratios, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    # the real data scored as samples of itself is exactly as varied
+    torch.testing.assert_close(within_class_diversity(real, real_labels, real, real_labels, 2), torch.ones(2, dtype=torch.float64))
