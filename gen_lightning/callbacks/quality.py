@@ -44,11 +44,6 @@ class SampleQuality(L.Callback):
                 f"SampleQuality needs every_n_epochs >= 1, num_samples >= 2, batch_size >= 1; "
                 f"got {every_n_epochs}, {num_samples}, {batch_size}"
             )
-        if metric == "classifier_fid" and classifier_ckpt is None:
-            raise ConfigError(
-                "SampleQuality(metric='classifier_fid') needs classifier_ckpt, e.g. "
-                "checkpoints/classifier_mnist/last.ckpt from `gen fit --config configs/classifier_mnist.yaml`"
-            )
         self.metric, self.every_n_epochs, self.num_samples = metric, every_n_epochs, num_samples
         self.classifier_ckpt, self.batch_size, self.seed = classifier_ckpt, batch_size, seed
         self.real_moments = None

@@ -95,13 +95,14 @@ def samples_or_omit(pl_module, names: list[str], num_samples: int, batch_size: i
 class ClassifierMetrics(L.Callback):
     """Classifier FID, class histogram (mode coverage) and, for conditional models, label accuracy.
 
-    `classifier_ckpt` is the checkpoint of `gen fit --config configs/classifier_mnist.yaml`,
-    e.g. `checkpoints/classifier_mnist/best.ckpt` (relative to the working directory).
+    `classifier_ckpt`: None (the default) uses the MNIST classifier that ships with the package
+    (metrics.classifier.BUILTIN_MNIST_CLASSIFIER); or a checkpoint of
+    `gen fit --config configs/classifier_mnist.yaml`, e.g. `checkpoints/classifier_mnist/best.ckpt`.
     """
 
     def __init__(
         self,
-        classifier_ckpt: str,
+        classifier_ckpt: str | None = None,
         num_samples: int = 10000,
         batch_size: int = 500,
         seed: int = 0,
@@ -176,7 +177,7 @@ class ClassifierMetrics(L.Callback):
         note(
             pl_module, "metric_conventions", "classifier_metrics",
             f"{self.num_samples} samples (seed {self.seed}) vs the {num_real} images of the {self.split} split, in the "
-            f"features of the MNIST classifier {self.classifier_ckpt}; a class is covered when it gets >= "
+            f"features of the MNIST classifier {self.classifier_ckpt or 'shipped with gen_lightning'}; a class is covered when it gets >= "
             f"{clf_metrics.COVERED_SHARE_OF_UNIFORM:g} x n/K predicted samples; KL and entropy in nats",
         )  # fmt: skip
 

@@ -31,6 +31,9 @@ from gen_lightning.errors import ConfigError
 from gen_lightning.models.classifier import Classifier
 
 TRAIN_COMMAND = "gen fit --config configs/classifier_mnist.yaml"
+# The classifier that ships with the package (weights only, ~1 MB), reproduced by TRAIN_COMMAND and then
+# `python -m gen_lightning.metrics.classifier checkpoints/classifier_mnist/best.ckpt` (export_classifier).
+BUILTIN_MNIST_CLASSIFIER = Path(__file__).resolve().parents[1] / "assets" / "classifier_mnist.ckpt"
 # A class is covered when it receives at least this share of what a uniform spread would
 # give it (10% of n/K), so that a few misclassified blobs do not count as a mode.
 COVERED_SHARE_OF_UNIFORM = 0.1
@@ -39,9 +42,24 @@ DEFAULT_BATCH_SIZE = 500
 ValueRange = tuple[float, float] | None
 
 
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
-    """The trained Classifier at `path` (relative to the working directory), in eval mode."""
-    path = Path(path)
+def export_classifier(src: str | Path, dst: str | Path = BUILTIN_MNIST_CLASSIFIER) -> Path:
+    """Keep what `load_classifier` needs of a `gen fit` checkpoint (weights, hyperparameters, data facts), drop the
+    optimizer and loop states: the ~1 MB file that ships as BUILTIN_MNIST_CLASSIFIER."""
+    checkpoint = torch.load(src, weights_only=True, map_location="cpu")
+    keep = ("state_dict", "hyper_parameters", "hparams_name", "hparams_type", "_instantiator", "pytorch-lightning_version",
+            "epoch", "global_step")
+    slim = {k: checkpoint[k] for k in keep if k in checkpoint}
+    slim["state_dict"] = {k: v.contiguous().clone() for k, v in slim["state_dict"].items()}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(slim, dst)
+    return dst
+
+
+def load_classifier(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> Classifier:
+    """The trained Classifier at `path` (relative to the working directory; None: the one shipped with the
+    package, BUILTIN_MNIST_CLASSIFIER), in eval mode."""
+    path = Path(path) if path is not None else BUILTIN_MNIST_CLASSIFIER
     if not path.is_file():
         raise ConfigError(f"no classifier checkpoint at {path}; train it with `{TRAIN_COMMAND}`")
     try:
@@ -191,3 +209,9 @@ def within_class_diversity(
         fake_spread = feature_spread(fake_features[fake_labels.cpu() == c])
         ratios.append(fake_spread / real_spread if real_spread > 0 else torch.tensor(float("nan"), dtype=torch.float64))
     return torch.stack(ratios)
+
+
+if __name__ == "__main__":  # python -m gen_lightning.metrics.classifier SRC.ckpt [DST]
+    import sys
+
+    print(export_classifier(*sys.argv[1:3]))

@@ -31,9 +31,8 @@ def test_gmm_modes_logged_every_n_epochs(tmp_path, monkeypatch):
     assert 0 <= acc.Scalars("val/modes_covered")[0].value <= 8
 
 
-def test_classifier_fid_needs_a_checkpoint():
-    with pytest.raises(ConfigError, match="classifier_ckpt"):
-        SampleQuality(metric="classifier_fid")
+def test_classifier_fid_defaults_to_the_shipped_classifier():
+    assert SampleQuality(metric="classifier_fid").classifier_ckpt is None  # load_classifier(None): the package's own
 
 
 def test_bad_counts_are_refused():

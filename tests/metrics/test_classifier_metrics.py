@@ -176,3 +176,20 @@ def test_within_class_diversity_by_hand():
     torch.testing.assert_close(ratios, torch.tensor([0.0, 1.0], dtype=torch.float64))
     # the real data scored as samples of itself is exactly as varied
     torch.testing.assert_close(within_class_diversity(real, real_labels, real, real_labels, 2), torch.ones(2, dtype=torch.float64))
+
+
+def test_the_shipped_classifier_scores_99_percent_on_the_mnist_test_split():
+    """The classifier behind every MNIST metric ships with the package (reproduce it with configs/classifier_mnist.yaml
+    and `python -m gen_lightning.metrics.classifier checkpoints/classifier_mnist/best.ckpt`); 99.18% when exported."""
+    from gen_lightning.data.mnist import MNISTDataModule
+    from gen_lightning.metrics.classifier import BUILTIN_MNIST_CLASSIFIER
+
+    assert BUILTIN_MNIST_CLASSIFIER.stat().st_size <= 2 * 2**20
+    clf = load_classifier()  # no path: the shipped one
+    assert clf.data_shape == (1, 28, 28) and clf.num_classes == 10
+    dm = MNISTDataModule(root=str(SHARED_DATA))
+    dm.setup("test")
+    x, y = dm.split("test").x, dm.split("test").y
+    assert len(x) == 10000
+    accuracy = (predicted_classes(clf, x) == y).double().mean().item()  # uint8 images are rescaled to [0, 1]
+    assert accuracy >= 0.99
