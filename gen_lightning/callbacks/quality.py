@@ -6,6 +6,10 @@
 - `metric: gmm_modes` (GMM data): `val/modes_covered`, `val/high_quality_fraction` and
   `val/reverse_kl_modes` of `num_samples` samples (2,500 by DESIGN.md).
 
+Each evaluation also logs `val/fit_minutes`: the wall-clock minutes of `gen fit` so far, not
+counting these evaluations themselves, so that quality can be plotted against CPU minutes (the
+MNIST league's quality-against-time figure).
+
 When EMA is on (Lightning's EMAWeightAveraging), the average is swapped into the model for
 the whole validation epoch; `gen` orders EMA after this callback, so the samples come from
 the EMA weights.
@@ -13,6 +17,7 @@ the EMA weights.
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import lightning as L
@@ -57,6 +62,9 @@ class SampleQuality(L.Callback):
         if self.metric == "classifier_fid":
             self.classifier = load_classifier(self.classifier_ckpt, map_location=pl_module.device)
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start, self._eval_seconds = time.perf_counter(), 0.0
+
     def _due(self, trainer: L.Trainer) -> bool:
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
@@ -82,6 +90,8 @@ class SampleQuality(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
+        started = time.perf_counter()
+        fit_minutes = (started - self._fit_start - self._eval_seconds) / 60
         samples, labels = self._samples(pl_module)
         if self.metric == "gmm_modes":
             metrics = gmm_mode_metrics(samples, trainer.datamodule.gmm)
@@ -92,5 +102,7 @@ class SampleQuality(L.Callback):
             metrics = {"classifier_fid": frechet_distance(mu_f, sigma_f, *self._real_moments(trainer.datamodule, vr))}
             if labels is not None:
                 metrics["label_accuracy"] = label_accuracy(self.classifier, samples, labels, vr, self.batch_size)
+        metrics["fit_minutes"] = fit_minutes
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", float(value), sync_dist=False)
+        self._eval_seconds += time.perf_counter() - started

@@ -151,3 +151,19 @@ def test_a_torch_file_that_is_not_a_lightning_checkpoint(workdir, capsys):
     torch.save({"weights": torch.zeros(3)}, workdir / "plain.pt")
     err = one_line_error(capsys, ["predict", "--config", GMM, "--ckpt_path", str(workdir / "plain.pt")])
     assert "plain.pt" in err and "not a Lightning checkpoint" in err
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line(workdir, monkeypatch):
+    """This project's machines (AVX2 AMD EPYC) emulate bf16; a bf16 CPU run says so instead of silently crawling."""
+    import gen_lightning.cli as cli
+
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match=r"precision bf16-mixed on a CPU without avx512_bf16/AMX is emulated"):
+        main(["fit", "--config", GMM, *TINY, "--trainer.precision", "bf16-mixed", "--trainer.enable_progress_bar", "false"])
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", "--config", GMM, *TINY, "--trainer.precision", "bf16-mixed", "--trainer.enable_progress_bar", "false"])
+    assert not [w for w in caught if "emulated" in str(w.message)]
