@@ -252,11 +252,66 @@ def fig_mosaic(runs: list[Run]) -> plt.Figure:
     return fig
 
 
-FIGURES = {"bars": fig_bars, "heatmap": fig_heatmap, "radar": fig_radar, "curves": fig_curves, "samples": fig_mosaic}
+def fig_cube(runs: list[Run]) -> plt.Figure:
+    """Quality x stability x controllability (the radar's scores), one point per run; n/a plotted at 0."""
+    scores = radar_scores(runs)
+    fig = plt.figure(figsize=(6, 5.5))
+    ax = fig.add_subplot(projection="3d")
+    for i, r in enumerate(runs):
+        q, s_, c = (scores[a][i] or 0.0 for a in ("quality", "stability", "controllability"))
+        ax.scatter([q], [s_], [c], s=40)
+        ax.text(q, s_, c, " " + r.name, fontsize=7)
+    ax.set_xlabel("quality", fontsize=8)
+    ax.set_ylabel("stability", fontsize=8)
+    ax.set_zlabel("controllability", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), zlim=(0, 1))
+    ax.set_title("radar scores in 3-D (1 = best; n/a at 0)", fontsize=9)
+    return fig
+
+
+def quality_against_minutes(run: Run, metric: str = "val/classifier_fid") -> tuple[list[float], list[float]] | None:
+    """(fit minutes, metric) pairs of a fit that ran SampleQuality, matched by step; None without them."""
+    if metric not in run.curves or "val/fit_minutes" not in run.curves:
+        return None
+    minutes = dict(zip(*run.curves["val/fit_minutes"]))
+    pairs = sorted((minutes[step], value) for step, value in zip(*run.curves[metric]) if step in minutes)
+    return ([m for m, _ in pairs], [v for _, v in pairs]) if pairs else None
+
+
+def fig_quality_minutes(runs: list[Run]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in runs:
+        curve = quality_against_minutes(r)
+        if curve is not None:
+            ax.plot(*curve, marker="o", label=r.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("minutes of gen fit (wall clock, evaluations excluded)")
+    ax.set_ylabel("classifier FID during fit (log scale, lower is better)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no run logged val/classifier_fid with val/fit_minutes (SampleQuality)", ha="center",
+                va="center", transform=ax.transAxes, fontsize=8)
+    return fig
+
+
+FIGURES = {"bars": fig_bars, "heatmap": fig_heatmap, "radar": fig_radar, "cube": fig_cube, "curves": fig_curves,
+           "quality_vs_minutes": fig_quality_minutes, "samples": fig_mosaic}
+
+
+def check_one_dataset(runs: list[Run]) -> None:
+    """Metrics of different datasets (MNIST and GMM, ring8 and grid25) are not comparable: refuse to rank them together."""
+    datasets = sorted({r.dataset for r in runs})
+    if len(datasets) > 1:
+        by = "; ".join(f"{d}: {', '.join(r.name for r in runs if r.dataset == d)}" for d in datasets)
+        raise SystemExit(f"error: gen compare ranks runs of one dataset at a time, got {len(datasets)} ({by}); "
+                         "run it once per dataset")
 
 
 def compare(patterns: list[str], output: Path) -> dict[str, Path]:
     runs = [load_run(p) for p in expand(patterns)]
+    check_one_dataset(runs)
     output.mkdir(parents=True, exist_ok=True)
     header, rows = table(runs)
     written = {"table_md": output / "compare.md", "table_csv": output / "compare.csv"}

@@ -12,20 +12,24 @@ from gen_lightning.cli import main
 from gen_lightning.report import higher_is_better, normalized, radar_scores
 
 
-def make_run(root, name, model, metrics, loss_cv, ms):
-    """A fit dir (TensorBoard scalars + a sample grid) and a test dir (metrics.json), as gen writes them."""
+def make_run(root, name, model, metrics, loss_cv, ms, dataset="GMM-grid25", quality=None):
+    """A fit dir (TensorBoard scalars + a sample grid) and a test dir (metrics.json), as gen writes them.
+    `quality`: {step: (fit minutes, classifier FID)} as SampleQuality logs them."""
     fit_dir, test_dir = root / name / "version_0", root / name / "version_1"
     writer = SummaryWriter(str(fit_dir))
     for step in range(20):
         writer.add_scalar("train/loss_step", 1.0 / (step + 1), step)
         writer.add_scalar("val/loss", 2.0 / (step + 1), step)
+    for step, (minutes, fid) in (quality or {}).items():
+        writer.add_scalar("val/fit_minutes", minutes, step)
+        writer.add_scalar("val/classifier_fid", fid, step)
     writer.close()
     (fit_dir / "samples").mkdir()
     save_image(torch.rand(4, 1, 8, 8), fit_dir / "samples" / "epoch_0001.png")
     test_dir.mkdir(parents=True)
     report = {
         "model": f"gen_lightning.models.x.{model}",
-        "data": {"dataset": "GMM-grid25"},
+        "data": {"dataset": dataset},
         "trained": {"epochs": 3, "fit_log_dir": str(fit_dir)},
         "metrics": {f"test/{k}": v for k, v in metrics.items()},
         "training": {"stability": {"loss_cv_tail": loss_cv}, "speed": {"fit_wall_seconds": 10.0, "train_images_per_second": 1000.0}},
@@ -42,7 +46,8 @@ def test_compare_writes_tables_and_figures(tmp_path):
     make_run(logs, "gan_gmm", "GAN", {"modes_covered": 25, "reverse_kl_modes": 0.02}, 0.3, 0.02)
     out = tmp_path / "compare"
     main(["compare", str(logs / "*" / "version_1"), "--output", str(out)])
-    for name in ("compare.md", "compare.csv", "bars.png", "heatmap.png", "radar.png", "curves.png", "samples.png"):
+    for name in ("compare.md", "compare.csv", "bars.png", "heatmap.png", "radar.png", "cube.png", "curves.png",
+                 "quality_vs_minutes.png", "samples.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     rows = list(csv.DictReader((out / "compare.csv").open()))
@@ -71,3 +76,21 @@ def test_every_metric_has_a_direction():
     assert not higher_is_better("buffer_energy_distance")  # a distance between samples and data
     with pytest.raises(ValueError, match="no direction"):
         higher_is_better("mystery")
+
+
+def test_quality_against_minutes_pairs_the_two_curves_by_step(tmp_path):
+    from gen_lightning.report import load_run, quality_against_minutes
+
+    logs = tmp_path / "lightning_logs"
+    path = make_run(logs, "gan_mnist", "GAN", {"classifier_fid": 20.0}, 0.1, 0.1, "MNIST", {430: (4.0, 60.0), 860: (8.5, 25.0)})
+    assert quality_against_minutes(load_run(path)) == ([4.0, 8.5], [60.0, 25.0])
+    plain = make_run(logs, "vae_mnist", "VAE", {"classifier_fid": 30.0}, 0.1, 0.1, "MNIST")
+    assert quality_against_minutes(load_run(plain)) is None
+
+
+def test_runs_of_different_datasets_are_not_ranked_together(tmp_path, capsys):
+    logs = tmp_path / "lightning_logs"
+    make_run(logs, "vae_gmm", "VAE", {"modes_covered": 20}, 0.1, 0.01, "GMM-ring8")
+    make_run(logs, "gan_gmm", "GAN", {"modes_covered": 25}, 0.3, 0.02, "GMM-grid25")
+    with pytest.raises(SystemExit, match=r"one dataset at a time, got 2 \(GMM-grid25: gan_gmm; GMM-ring8: vae_gmm\)"):
+        main(["compare", str(logs / "*" / "version_1"), "--output", str(tmp_path / "out")])
