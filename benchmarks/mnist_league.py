@@ -1,0 +1,203 @@
+"""The MNIST league: fit and test every CPU-tier recipe, then put them side by side.
+
+    python benchmarks/mnist_league.py                      # every configs/cpu/*_mnist.yaml, one at a time
+    python benchmarks/mnist_league.py --jobs 2             # two at a time, one thread each (2-core laptop)
+    python benchmarks/mnist_league.py --only cgan_mnist vae_mnist
+    python benchmarks/mnist_league.py --skip_fit           # re-test and re-compare finished fits
+
+For each recipe: `gen fit`, `gen test` and `gen predict` (one row of samples for the mosaic), run
+from `--workdir` (checkpoints/cpu/<name>, lightning_logs/cpu/<name>). Then `gen compare` of the
+test runs, the real-data floor of the classifier FID at the same sample count, a mosaic with one
+row of samples per family, one row per digit for the conditional models, and a table, all in
+`--output` (docs/results/mnist_league/). The timing of every step is the wall clock of its command,
+with the machine's load beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def gen(args: list[str], cwd: Path, log: Path, threads: int | None) -> tuple[int, float]:
+    """Run `gen ARGS` in `cwd`, output to `log`; (exit status, wall seconds)."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    started = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"\n$ gen {' '.join(args)}  (load {os.getloadavg()[0]:.1f})\n")
+        f.flush()
+        status = subprocess.call([sys.executable, "-m", "gen_lightning.cli", *args], cwd=cwd, env=env, stdout=f,
+                                 stderr=subprocess.STDOUT)  # fmt: skip
+    return status, time.perf_counter() - started
+
+
+def newest_metrics(workdir: Path, name: str) -> Path | None:
+    found = sorted((workdir / "lightning_logs" / "cpu" / name).glob("version_*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def run_recipe(config: Path, workdir: Path, data_root: Path, threads: int | None, skip_fit: bool) -> dict:
+    name = config.stem
+    log = workdir / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    common = ["--config", str(config), "--data.init_args.root", str(data_root), "--trainer.enable_progress_bar", "false"]
+    ckpt = workdir / "checkpoints" / "cpu" / name / "last.ckpt"
+    row = {"name": name, "config": str(config.relative_to(REPO))}
+    if not (skip_fit and ckpt.is_file()):
+        row["fit_status"], row["fit_seconds"] = gen(["fit", *common], workdir, log, threads)
+    row["test_status"], row["test_seconds"] = gen(["test", *common, "--ckpt_path", str(ckpt)], workdir, log, threads)
+    out = workdir / "outputs" / "cpu" / name / "samples.pt"
+    row["predict_status"], _ = gen(["predict", *common, "--ckpt_path", str(ckpt), "--samples.num_samples", "100",
+                                    "--samples.output", str(out)], workdir, log, threads)  # fmt: skip
+    metrics = newest_metrics(workdir, name)
+    row["metrics_json"] = str(metrics) if metrics else None
+    row["samples"] = str(out) if out.is_file() else None
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def real_data_floor(num_samples: int, data_root: Path) -> float:
+    """Classifier FID of `num_samples` real training digits against the test split: what a perfect model scores."""
+    from gen_lightning.data.mnist import MNISTDataModule
+    from gen_lightning.metrics import classifier as clf_metrics
+
+    dm = MNISTDataModule(root=str(data_root), value_range="0,1")
+    dm.setup("fit")
+    dm.setup("test")
+    g = torch.Generator().manual_seed(0)
+    train = dm.split("train").x
+    real = train[torch.randperm(len(train), generator=g)[:num_samples]]
+    clf = clf_metrics.load_classifier()
+    return clf_metrics.classifier_fid(clf, real, dm.split("test").x)
+
+
+def mosaic(rows: list[dict], path: Path) -> None:
+    """One row of 10 samples per recipe; for conditional ones, digits 0-9 in order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("samples")]
+    if not rows:
+        return
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 0.95 * len(rows) + 0.3), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        saved = torch.load(r["samples"])
+        x = saved["samples"][:10]  # uint8 (10, 1, 28, 28); conditional: labels 0..9
+        ax.imshow(torch.cat(list(x[:, 0]), dim=1).numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_ylabel(r["name"].removesuffix("_mnist"), rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def digit_grids(rows: list[dict], output: Path) -> list[Path]:
+    """For each conditional recipe: a 10 x 10 grid, one row per requested digit."""
+    from torchvision.utils import save_image
+
+    written = []
+    for r in rows:
+        if not r.get("samples"):
+            continue
+        saved = torch.load(r["samples"])
+        if saved["labels"] is None:
+            continue
+        x, y = saved["samples"], saved["labels"]
+        order = torch.cat([torch.nonzero(y == d)[:10, 0] for d in range(10)])
+        path = output / f"{r['name']}_digits.png"
+        save_image(x[order].float() / 255, path, nrow=10, padding=1)
+        written.append(path)
+    return written
+
+
+def league_table(rows: list[dict], floor: float, num_samples: int) -> list[str]:
+    header = ("| recipe | classifier FID (1,000 samples; floor {:.2f}) | classes covered | label accuracy | "
+              "within-class diversity (min / mean) | NLL | fit minutes | gen test seconds | sampling ms/img |").format(floor)
+    lines = [header, "|" + "---|" * 9]
+    for r in rows:
+        m = json.loads(Path(r["metrics_json"]).read_text()) if r.get("metrics_json") else {"metrics": {}}
+        mm = m["metrics"]
+
+        def get(key, fmt="{:.2f}"):
+            v = mm.get(key)
+            return fmt.format(v) if isinstance(v, (int, float)) else "n/a"
+
+        nll = next((f"{mm[k]:.2f} {unit}" for k, unit in (("test/nll_iwae_nats", "nats (IWAE)"), ("test/nll_nats", "nats"),
+                                                            ("test/bpd", "bits/dim")) if isinstance(mm.get(k), (int, float))), "n/a")
+        acc = get("test/label_accuracy", "{:.1%}")
+        div = (f"{get('test/within_class_diversity_min')} / {get('test/within_class_diversity_mean')}"
+               if "test/within_class_diversity_min" in mm else "n/a")
+        fit_seconds = m.get("training", {}).get("speed", {}).get("fit_wall_seconds")  # FitStats, from the checkpoint
+        fit_min = f"{fit_seconds / 60:.1f}" if isinstance(fit_seconds, (int, float)) else "n/a"
+        lines.append(f"| {r['name']} | {get('test/classifier_fid')} | {get('test/classes_covered', '{:.0f}')} | {acc} | {div} | "
+                     f"{nll} | {fit_min} | {r['test_seconds']:.0f} | {get('test/sample_ms_per_img', '{:.3g}')} |")
+    lines.append("")
+    lines.append(f"FID with the classifier shipped in gen_lightning/assets, {num_samples} samples against the 10,000 test "
+                 f"digits; the floor is {num_samples} real training digits scored the same way.")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default=str(REPO / "configs" / "cpu"), help="folder of the CPU-tier recipes")
+    parser.add_argument("--only", nargs="*", help="recipe names (config stems) to run")
+    parser.add_argument("--jobs", type=int, default=1, help="recipes at a time; with 2, each gets one thread")
+    parser.add_argument("--workdir", default=".", help="where checkpoints/, lightning_logs/ and outputs/ go")
+    parser.add_argument("--data_root", default=str(SHARED_DATA), help="the folder that holds MNIST/raw")
+    parser.add_argument("--skip_fit", action="store_true", help="keep existing checkpoints; only test and compare")
+    parser.add_argument("--output", default=str(REPO / "docs" / "results" / "mnist_league"))
+    args = parser.parse_args()
+
+    configs = sorted(Path(args.configs).glob("*_mnist.yaml"))
+    if args.only:
+        configs = [c for c in configs if c.stem in args.only]
+    workdir, output = Path(args.workdir).resolve(), Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    threads = 1 if args.jobs > 1 else None
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda c: run_recipe(c, workdir, Path(args.data_root), threads, args.skip_fit), configs))
+    (output / "runs.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+    tested = [str(Path(r["metrics_json"]).parent) for r in rows if r.get("metrics_json")]
+    if tested:
+        subprocess.call([sys.executable, "-m", "gen_lightning.cli", "compare", *tested, "--output", str(output)])
+    floor = real_data_floor(1000, Path(args.data_root))
+    mosaic(rows, output / "mosaic.png")
+    digit_grids(rows, output)
+    lines = [
+        "# The MNIST league (CPU tier)",
+        "",
+        f"`python benchmarks/mnist_league.py --jobs {args.jobs}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"load average {load:.1f} at the start; {(time.perf_counter() - started) / 60:.0f} minutes in all.",
+        "",
+        *league_table(rows, floor, 1000),
+        "",
+        "![one row of samples per recipe](mosaic.png)",
+        "",
+        "Figures from `gen compare`: compare.md (every metric), bars.png, heatmap.png, radar.png, cube.png, "
+        "quality_vs_minutes.png, samples.png.",
+        "",
+    ]
+    (output / "README.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
