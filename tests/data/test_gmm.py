@@ -165,3 +165,33 @@ def test_bad_datamodule_arguments_raise_config_error():
         GMMDataModule(n_val=0)
     with pytest.raises(ConfigError, match="batch_size"):
         GMMDataModule(batch_size=0)
+
+
+def test_a_mid_epoch_checkpoint_resumes_the_epoch_where_it_stopped():
+    """The sampler of a resumed run yields the rest of that epoch's permutation, then whole epochs as before."""
+    from gen_lightning.data.base import EpochShuffleSampler
+
+    straight = EpochShuffleSampler(10, seed=3)
+    straight.set_epoch(1)
+    epoch1 = list(straight)
+    resumed = EpochShuffleSampler(10, seed=3, resume_at=(1, 4))
+    resumed.set_epoch(1)
+    assert list(resumed) == epoch1[4:]
+    assert list(resumed) == epoch1  # the skip applies to the first pass only
+    resumed.set_epoch(2)
+    straight.set_epoch(2)
+    assert list(resumed) == list(straight)
+    other_epoch = EpochShuffleSampler(10, seed=3, resume_at=(0, 4))  # a skip saved for epoch 0 is not applied to 1
+    other_epoch.set_epoch(1)
+    assert list(other_epoch) == epoch1
+
+
+def test_the_datamodule_state_skips_whole_batches_of_the_same_size():
+    dm = GMMDataModule(n_train=100, n_val=10, n_test=10, batch_size=8)
+    dm.load_state_dict({"epoch": 0, "batches_done": 3, "batch_size": 8})
+    loader = dm.train_dataloader()
+    assert sum(len(x) for x, _ in loader) == 100 - 24  # 3 batches of 8 already trained on
+    assert sum(len(x) for x, _ in dm.train_dataloader()) == 100  # a new loader: no skip left
+    dm.load_state_dict({"epoch": 0, "batches_done": 3, "batch_size": 16})  # another batch size: positions differ
+    assert sum(len(x) for x, _ in dm.train_dataloader()) == 100
+    assert dm.state_dict() == {}  # outside a fit there is no position to save
