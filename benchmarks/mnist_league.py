@@ -146,7 +146,7 @@ def league_table(rows: list[dict], floor: float, num_samples: int) -> list[str]:
         fit_seconds = m.get("training", {}).get("speed", {}).get("fit_wall_seconds")  # FitStats, from the checkpoint
         fit_min = f"{fit_seconds / 60:.1f}" if isinstance(fit_seconds, (int, float)) else "n/a"
         lines.append(f"| {r['name']} | {get('test/classifier_fid')} | {get('test/classes_covered', '{:.0f}')} | {acc} | {div} | "
-                     f"{nll} | {fit_min} | {r['test_seconds']:.0f} | {get('test/sample_ms_per_img', '{:.3g}')} |")
+                     f"{nll} | {fit_min} | {r.get('test_seconds', float('nan')):.0f} | {get('test/sample_ms_per_img', '{:.3g}')} |")
     lines.append("")
     lines.append(f"FID with the classifier shipped in gen_lightning/assets, {num_samples} samples against the 10,000 test "
                  f"digits; the floor is {num_samples} real training digits scored the same way.")
@@ -156,7 +156,7 @@ def league_table(rows: list[dict], floor: float, num_samples: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=str(REPO / "configs" / "cpu"), help="folder of the CPU-tier recipes")
-    parser.add_argument("--only", nargs="*", help="recipe names (config stems) to run")
+    parser.add_argument("--only", nargs="*", help="recipe names (config stems) to run; `--only` alone: none, just compare")
     parser.add_argument("--jobs", type=int, default=1, help="recipes at a time; with 2, each gets one thread")
     parser.add_argument("--workdir", default=".", help="where checkpoints/, lightning_logs/ and outputs/ go")
     parser.add_argument("--data_root", default=str(SHARED_DATA), help="the folder that holds MNIST/raw")
@@ -164,15 +164,18 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "docs" / "results" / "mnist_league"))
     args = parser.parse_args()
 
-    configs = sorted(Path(args.configs).glob("*_mnist.yaml"))
-    if args.only:
-        configs = [c for c in configs if c.stem in args.only]
+    every = sorted(Path(args.configs).glob("*_mnist.yaml"))
+    configs = [c for c in every if c.stem in args.only] if args.only is not None else every
     workdir, output = Path(args.workdir).resolve(), Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     threads = 1 if args.jobs > 1 else None
     started, load = time.perf_counter(), os.getloadavg()[0]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda c: run_recipe(c, workdir, Path(args.data_root), threads, args.skip_fit), configs))
+        ran = list(pool.map(lambda c: run_recipe(c, workdir, Path(args.data_root), threads, args.skip_fit), configs))
+    # the league is every recipe with a finished test, whether it ran now or in an earlier call (--only)
+    earlier = json.loads((output / "runs.json").read_text()) if (output / "runs.json").is_file() else []
+    by_name = {r["name"]: r for r in earlier} | {r["name"]: r for r in ran}
+    rows = [by_name[c.stem] for c in every if c.stem in by_name and by_name[c.stem].get("metrics_json")]
     (output / "runs.json").write_text(json.dumps(rows, indent=2) + "\n")
 
     tested = [str(Path(r["metrics_json"]).parent) for r in rows if r.get("metrics_json")]
