@@ -78,6 +78,9 @@ class GenerativeModel(L.LightningModule):
         self.extra_report: dict = {}  # further results for metrics.json, e.g. a class histogram
         self.sampling_conditions: dict = {}  # device, dtype, batch of the sampling speed (SamplingSpeed)
         self._rng_to_restore: dict | None = None
+        # the divergence guard's view of the current step: the loss being backpropagated, the gradient norm it checked
+        self._guarded_loss: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
 
     # ---- data contract ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -145,7 +148,7 @@ class GenerativeModel(L.LightningModule):
         """
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-        loss = getattr(self, "_guarded_loss", None)
+        loss = self._guarded_loss
         loss = torch.zeros((), device=grad_norm.device) if loss is None else loss.float().to(grad_norm.device)
         if not bool(torch.isfinite(torch.stack([loss, grad_norm.float()])).all()):
             whose = self._optimizer_name(optimizer)
