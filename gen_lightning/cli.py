@@ -194,7 +194,16 @@ def find_gen_error(exc: BaseException | None) -> GenError | None:
 
 # Model arguments that only change how a trained model is sampled or evaluated, never its weights:
 # with --ckpt_path they come from this run's config, not from the checkpoint's hyperparameters.
-SAMPLING_OPTIONS = ("sampler", "guidance_scale", "sample_temperature", "sample_steps", "sample_mode", "iw_samples", "iw_chunk", "predict_seed")
+def sampling_options(class_path: str | None) -> tuple[str, ...]:
+    """The init arguments the model class declares as sampling-time options (GenerativeModel.sampling_options)."""
+    if not class_path:
+        return ()
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return ()  # LightningCLI reports the unknown class itself
+    return tuple(getattr(cls, "sampling_options", ()))
 
 
 class GenCLI(LightningCLI):
@@ -222,12 +231,14 @@ class GenCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Rebuild the model from the checkpoint's hyperparameters (LightningCLI), but keep this run's
-        sampling-time options (SAMPLING_OPTIONS), so that e.g. `--config configs/overrides/ddim50.yaml`
+        sampling-time options (the model class's `sampling_options`), so that e.g. `--config configs/overrides/ddim50.yaml`
         or `--model.init_args.guidance_scale 3` apply to `gen test`/`gen predict` of a trained model.
         None of them changes the weights."""
         subcommand = self.config.get("subcommand")
-        init_args = self.config[subcommand].get("model", {}).get("init_args") if subcommand else None
-        wanted = {k: init_args[k] for k in SAMPLING_OPTIONS if init_args is not None and k in init_args}
+        model = self.config[subcommand].get("model", {}) if subcommand else {}
+        init_args = model.get("init_args") if model else None
+        options = sampling_options(model.get("class_path") if model else None)
+        wanted = {k: init_args[k] for k in options if init_args is not None and k in init_args}
         super()._parse_ckpt_path()
         if not wanted:
             return

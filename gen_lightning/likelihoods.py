@@ -26,6 +26,30 @@ from torch import nn
 from gen_lightning.errors import ConfigError
 
 
+# ---- the one dequantization and bits/dim convention (flows, Gaussian likelihoods, ODE likelihoods) ----
+
+
+def uniform_dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """8-bit values x = k/255 in [0, 1] -> y = (k + u) / 256 with u ~ U[0, 1): continuous, in [0, 1)."""
+    k = torch.round(x * 255.0)
+    u = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return (k + u) / 256.0
+
+
+def bits_per_dim(nll: torch.Tensor, num_dims: int) -> torch.Tensor:
+    """NLL in nats of dequantized data y in [0, 1)^D -> bits/dim of the 8-bit data: (nll + D ln 256) / (D ln 2)."""
+    return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))
+
+
+def dequantized_bits_per_dim(nll: torch.Tensor, num_dims: int, value_range: tuple[float, float]) -> torch.Tensor:
+    """NLL in nats of dequantized data rescaled to `value_range` (e.g. [-1, 1]) -> bits/dim of the 8-bit data.
+
+    y = (x - lo) / (hi - lo) maps it back to [0, 1), where log p(y) = log p(x) + D log(hi - lo).
+    """
+    lo, hi = value_range
+    return bits_per_dim(nll - num_dims * math.log(hi - lo), num_dims)
+
+
 def _is_8bit_image_in_unit_range(dm) -> bool:
     value_range = tuple(dm.value_range) if dm.value_range is not None else None
     return len(dm.data_shape) == 3 and value_range == (0.0, 1.0) and dm.binarize == "none"
@@ -137,8 +161,7 @@ class Gaussian(Likelihood):
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.dequantize:
             return x
-        u = torch.rand(x.shape, device=x.device, generator=generator)
-        return (x * 255.0 + u) / 256.0  # k/255 -> (k + u)/256
+        return uniform_dequantize(x, generator)  # k/255 -> (k + u)/256
 
     def mean_and_log_std(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.global_log_std is not None:

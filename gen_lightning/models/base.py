@@ -60,6 +60,9 @@ class GenerativeModel(L.LightningModule):
     """Base class of every family's LightningModule."""
 
     conditional: bool = False
+    # init arguments that change how the model samples or evaluates, never its weights: `gen test|predict
+    # --ckpt_path` keeps this run's values of them instead of the checkpoint's (cli.GenCLI._parse_ckpt_path)
+    sampling_options: tuple[str, ...] = ("predict_seed",)
     # network evaluations to draw one sample (1 for a VAE decoder or a GAN generator, T for DDPM);
     # reported beside the sampling speed
     network_evaluations_per_sample: int | None = None

@@ -68,6 +68,7 @@ class DDPM(GenerativeModel):
     """An unconditional DDPM with an injected network, schedule, sampler and optimizer."""
 
     conditional = False
+    sampling_options = ("predict_seed", "sampler", "guidance_scale")
 
     def __init__(
         self,

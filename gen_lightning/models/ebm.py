@@ -77,6 +77,7 @@ class EBM(GenerativeModel):
     divergence_advice = "Lower the learning rate or step_size, raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
 
     conditional = False
+    sampling_options = ("predict_seed", "sample_steps")
 
     def __init__(
         self,

@@ -30,14 +30,8 @@ from torch import nn
 
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
+from gen_lightning.likelihoods import bits_per_dim, uniform_dequantize
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
-
-
-def uniform_dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """8-bit values x = k/255 in [0, 1] -> y = (k + u) / 256 with u ~ U[0, 1): continuous, in [0, 1)."""
-    k = torch.round(x * 255.0)
-    u = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return (k + u) / 256.0
 
 
 def quantize(y: torch.Tensor) -> torch.Tensor:
@@ -61,11 +55,6 @@ def inverse_logit_transform(w: torch.Tensor, alpha: float) -> torch.Tensor:
     return (torch.sigmoid(w) - alpha) / (1.0 - 2.0 * alpha)
 
 
-def bits_per_dim(nll: torch.Tensor, num_dims: int) -> torch.Tensor:
-    """NLL in nats of dequantized data y in [0, 1)^D -> bits/dim of the 8-bit data: (nll + D ln 256) / (D ln 2)."""
-    return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))
-
-
 def _check_hparams(logit_alpha: float | None, sample_temperature: float) -> None:
     if logit_alpha is not None and not 0 < logit_alpha < 0.5:
         raise ConfigError(f"logit_alpha must be in (0, 0.5) or null, got {logit_alpha}; RealNVP uses 0.05")
@@ -83,6 +72,8 @@ class Flow(GenerativeModel):
     `sample_temperature`: the default T of `sample()`; Glow shows T = 0.7 for its figures.
     `scheduler`: an optional learning-rate schedule, stepped once per epoch.
     """
+
+    sampling_options = ("predict_seed", "sample_temperature")
 
     divergence_advice = "Lower the learning rate, or set trainer.gradient_clip_val"
 

@@ -63,6 +63,7 @@ class NCSN(GenerativeModel):
     divergence_advice = "Lower the learning rate"
 
     conditional = False
+    sampling_options = ("predict_seed", "sampler")
 
     def __init__(
         self,

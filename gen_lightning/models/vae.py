@@ -52,6 +52,8 @@ class VAE(GenerativeModel):
     `scheduler`: an optional learning-rate schedule, stepped once per epoch.
     """
 
+    sampling_options = ("predict_seed", "sample_mode", "iw_samples", "iw_chunk")
+
     network_evaluations_per_sample = 1  # one decoder pass
 
     def __init__(

@@ -1,0 +1,322 @@
+"""Flow matching (Lipman et al. 2023), rectified flow (Liu et al. 2023) and minibatch OT-CFM (Tong et al. 2024).
+
+Time runs from t = 0 (noise x0 ~ N(0, I)) to t = 1 (data x1). Training regresses the network on the
+velocity of a straight path between a pair (x0, x1):
+
+    x_t = (1 - (1 - sigma_min) t) x0 + t x1,   u_t = x1 - (1 - sigma_min) x0,   loss = |v(x_t, t) - u_t|^2
+
+(Lipman et al. eq. 20-23, the optimal-transport conditional path; sigma_min = 0 is rectified flow's
+linear interpolation and I-CFM with sigma = 0). The pairing of a batch (`coupling`):
+
+- "independent": x0 drawn independently of x1 (I-CFM, rectified flow's first stage);
+- "ot": the batch's noise reordered by the exact optimal assignment under squared Euclidean cost
+  (OT-CFM; scipy's `linear_sum_assignment`), which straightens the learned paths;
+- reflow (`reflow_from`, a trained flow matching checkpoint): x1 is the teacher's own ODE solution
+  from x0, the pairs of rectified flow's second stage (Liu et al. sec. 2.2), drawn per batch.
+
+Sampling integrates dx/dt = v(x, t) from 0 to 1 with an ODE sampler (samplers/ode.py: Euler, Heun).
+The networks (UNet, DenoiserMLP) embed time sinusoidally with periods made for 0..1000, so they are
+called with `TIME_SCALE * t`: a documented convention of this family, as DDPM's is the step index.
+
+`ConditionalFlowMatching` trains with label dropout (label -> the null token `num_classes`) and samples
+with classifier-free guidance on the velocity: v = v_uncond + w (v_cond - v_uncond); w = 0 is exactly
+the unconditional model, w = 1 the conditional one.
+
+Likelihood (`likelihood_steps` > 0): log p(x) by the probability-flow ODE (samplers/ode.py), exact
+trace or Hutchinson with `likelihood_probes` probes; images are uniformly dequantized as the flows
+are (likelihoods.uniform_dequantize), and bits/dim follow likelihoods.dequantized_bits_per_dim.
+
+EMA: add `lightning.pytorch.callbacks.EMAWeightAveraging` after SampleGrid in the callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from gen_lightning.errors import ConfigError
+from gen_lightning.likelihoods import dequantized_bits_per_dim, uniform_dequantize
+from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
+from gen_lightning.samplers.ode import EulerSampler, ODESampler, ode_log_prob, standard_normal_log_prob
+
+TIME_SCALE = 1000.0  # the net sees 1000 t: its sinusoidal time embedding resolves 0..1000 (as DDPM's 0..999 steps)
+Coupling = Literal["independent", "ot"]
+
+
+def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """The permutation p minimizing sum_i |x0[p[i]] - x1[i]|^2 (an exact assignment, O(B^3))."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x0.flatten(1).double(), x1.flatten(1).double()).pow(2)
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    perm = torch.empty(len(cols), dtype=torch.long)
+    perm[torch.as_tensor(cols)] = torch.as_tensor(rows)  # x1[cols[k]] is paired with x0[rows[k]]
+    return perm.to(x0.device)
+
+
+class FlowMatching(GenerativeModel):
+    """Unconditional flow matching with an injected velocity net, ODE sampler and optimizer."""
+
+    conditional = False
+    sampling_options = ("predict_seed", "sampler", "guidance_scale", "likelihood_steps", "likelihood_probes",
+                        "likelihood_examples")
+    divergence_advice = "Lower the learning rate, or add trainer.gradient_clip_val: 1.0."
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sampler: ODESampler | None = None,
+        coupling: Coupling = "independent",
+        sigma_min: float = 0.0,
+        reflow_from: str | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_warmup_steps: int = 0,
+        likelihood_steps: int = 0,
+        likelihood_probes: int | None = 1,
+        likelihood_examples: int | None = None,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(predict_seed=predict_seed)
+        if coupling not in ("independent", "ot"):
+            raise ConfigError(f"coupling must be 'independent' or 'ot', got {coupling!r}")
+        if not 0.0 <= sigma_min < 1.0:
+            raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min}")
+        if lr_warmup_steps < 0 or likelihood_steps < 0:
+            raise ConfigError(f"lr_warmup_steps and likelihood_steps must be >= 0, got {lr_warmup_steps}, {likelihood_steps}")
+        if likelihood_probes is not None and likelihood_probes < 1:
+            raise ConfigError(f"likelihood_probes must be >= 1 (Hutchinson) or null (exact trace), got {likelihood_probes}")
+        self.save_hyperparameters()
+        self.net = net
+        self.sampler = sampler if sampler is not None else EulerSampler(50)
+        self.coupling, self.sigma_min, self.reflow_from = coupling, sigma_min, reflow_from
+        self.optimizer, self.lr_warmup_steps = optimizer, lr_warmup_steps
+        self.likelihood_steps, self.likelihood_probes, self.likelihood_examples = likelihood_steps, likelihood_probes, likelihood_examples
+        self.guidance_scale = 1.0
+        self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
+        self._teacher: list[FlowMatching] = []  # reflow's frozen teacher, kept out of the state_dict
+        self._likelihood_seen = 0
+
+    @property
+    def network_evaluations_per_sample(self) -> int:
+        guided = self.conditional and self.guidance_scale not in (0.0, 1.0)
+        return self.sampler.evaluations * (2 if guided else 1)
+
+    @property
+    def is_image(self) -> bool:
+        return self.data_shape is not None and len(self.data_shape) == 3
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        want = dm.num_classes if self.conditional else None
+        have = getattr(self.net, "num_classes", None)
+        if have != want:
+            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
+                   else "use gen_lightning.models.flow_matching.ConditionalFlowMatching, or set the net's num_classes: null")
+            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
+        shape = tuple(dm.data_shape)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        try:
+            with torch.no_grad(), eval_mode(self.net):
+                out = self.net(torch.zeros(2, *shape, device=self.device), torch.zeros(2, device=self.device), labels)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"the net cannot read data of shape {shape_text(shape)} ({str(e).splitlines()[0]}); "
+                              "set its in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
+        if tuple(out.shape) != (2, *shape):
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        self.data_has_density = callable(getattr(dm, "log_prob", None))
+        if self.likelihood_steps == 0:
+            why = "likelihood_steps: 0 (the probability-flow ODE likelihood costs 2 x likelihood_steps passes with gradients)"
+            self.omitted_metrics.update({"test/nll_nats": why, "test/bpd": why, "test/kl_data_model": why})
+        else:
+            probes = "the exact trace" if self.likelihood_probes is None else f"Hutchinson, {self.likelihood_probes} Rademacher probe(s)"
+            self.metric_conventions["test/nll_nats"] = (
+                f"-log p(x) in nats by the probability-flow ODE, Heun with {self.likelihood_steps} steps, {probes}"
+                + (", of uniformly dequantized 8-bit images (k + u)/256 rescaled to the data range" if self.is_image else ""))
+            if not self.is_image:
+                self.omitted_metrics["test/bpd"] = "bits/dim applies to 8-bit images"
+            if not self.data_has_density:
+                self.omitted_metrics["test/kl_data_model"] = f"{dm.dataset_name} has no exact density"
+        self.metric_conventions["test/loss"] = "flow matching MSE on test data, t and x0 seeded by batch index"
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.reflow_from and not self._teacher:
+            teacher = type(self).load_from_checkpoint(self.reflow_from, map_location=self.device, weights_only=False)
+            teacher.requires_grad_(False).eval()
+            self._teacher.append(teacher)
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_labels(self, y: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def heldout_labels(self, y: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def pairs(self, x1: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, x1) for one batch, by the configured coupling."""
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        if self._teacher:
+            teacher = self._teacher[0].to(x1.device)
+            return x0, teacher.sampler.sample(teacher.velocity(labels), tuple(x1.shape), x_init=x0)
+        if self.coupling == "ot":
+            x0 = x0[ot_pairing(x0, x1)]
+        return x0, x1
+
+    def loss(self, x1: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        x0, x1 = self.pairs(x1, labels, generator)
+        t = torch.rand(x1.shape[0], generator=generator, device=x1.device)
+        tb = t.view(-1, *([1] * (x1.ndim - 1)))
+        xt = (1 - (1 - self.sigma_min) * tb) * x0 + tb * x1
+        target = x1 - (1 - self.sigma_min) * x0
+        return F.mse_loss(self.net(xt, TIME_SCALE * t, labels).float(), target)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x1, y = batch
+        loss = self.loss(x1, self.training_labels(y))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = self.build_optimizer(self.optimizer, self.net.parameters())
+        if self.lr_warmup_steps == 0:
+            return opt
+        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / self.lr_warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+    # ---- validation and test ----------------------------------------------------------------
+    def heldout_loss(self, batch, batch_idx: int) -> torch.Tensor:
+        x1, y = batch
+        g = torch.Generator(device=x1.device).manual_seed(batch_idx)
+        return self.loss(x1, self.heldout_labels(y), generator=g)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self.heldout_loss(batch, batch_idx), prog_bar=True, batch_size=batch[0].shape[0])
+
+    def on_test_epoch_start(self) -> None:
+        self._likelihood_seen = 0
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        n = x.shape[0]
+        self.log("test/loss", self.heldout_loss(batch, batch_idx), batch_size=n)
+        if self.likelihood_steps == 0 or (self.likelihood_examples is not None and self._likelihood_seen >= self.likelihood_examples):
+            return
+        if self.likelihood_examples is not None:
+            x, y = x[: self.likelihood_examples - self._likelihood_seen], y[: self.likelihood_examples - self._likelihood_seen]
+        self._likelihood_seen += x.shape[0]
+        g = torch.Generator(device=x.device).manual_seed(batch_idx)
+        nll = -self.log_prob(x, labels=self.heldout_labels(y), generator=g)
+        metrics = {"test/nll_nats": nll}
+        if self.is_image:
+            metrics["test/bpd"] = dequantized_bits_per_dim(nll, math.prod(self.data_shape), self.value_range)
+        if self.data_has_density:
+            metrics["test/kl_data_model"] = self.trainer.datamodule.log_prob(x).to(nll) + nll
+        self.log_dict({k: v.mean() for k, v in metrics.items()}, batch_size=x.shape[0])
+
+    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 steps: int | None = None, probes: int | None | Literal["config"] = "config") -> torch.Tensor:
+        """log p(x) per example (B,), nats, by the probability-flow ODE from t = 1 back to t = 0.
+
+        8-bit images in the data range are dequantized first (one draw from `generator`); the density is then
+        that of the dequantized image in the data's value range.
+        """
+        steps = (self.likelihood_steps or 50) if steps is None else steps
+        probes = self.likelihood_probes if probes == "config" else probes
+        if self.is_image:
+            lo, hi = self.value_range
+            x = lo + (hi - lo) * uniform_dequantize((x - lo) / (hi - lo), generator)
+        times = [1.0 - k / steps for k in range(steps + 1)]
+        with eval_mode(self.net):
+            return ode_log_prob(self.velocity(labels), x, times, standard_normal_log_prob, probes, generator)
+
+    # ---- sampling -----------------------------------------------------------------------
+    def velocity(self, labels: torch.Tensor | None):
+        """The field the ODE samplers integrate: field(x, t) with t a float in [0, 1], guided for conditional models."""
+        w, null = self.guidance_scale, self.num_classes
+
+        def field(x: torch.Tensor, t: float) -> torch.Tensor:
+            tb = torch.full((x.shape[0],), TIME_SCALE * t, device=x.device)
+            if not self.conditional or w == 1.0:
+                return self.net(x, tb, labels)
+            v_uncond = self.net(x, tb, torch.full((x.shape[0],), null, device=x.device, dtype=torch.long))
+            return v_uncond if w == 0.0 else v_uncond + w * (self.net(x, tb, labels) - v_uncond)
+
+        return field
+
+    def check_sample_args(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
+        self.check_labels(labels)
+        if n < 1:
+            raise ValueError(f"the number of samples must be >= 1, got {n}")
+        if self.data_shape is None:
+            raise ConfigError("the model does not know its data shape yet; fit it or load it from a checkpoint first")
+        if labels is not None and tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        return None if labels is None else labels.to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples `(n, *data_shape)`: x(0) ~ N(0, I) drawn with `generator`, integrated to t = 1 in eval mode."""
+        labels = self.check_sample_args(n, labels)
+        with eval_mode(self.net):
+            x = self.sampler.sample(self.velocity(labels), (n, *self.data_shape), generator=generator, device=self.device)
+        return x if self.value_range is None else x.clamp(*self.value_range)
+
+    @torch.no_grad()
+    def trajectory(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(S + 1, n, *data_shape) on the CPU: x(0), then x after each sampler step."""
+        labels = self.check_sample_args(n, labels)
+        with eval_mode(self.net):
+            _, path = self.sampler.sample(self.velocity(labels), (n, *self.data_shape), generator=generator,
+                                          return_trajectory=True, device=self.device)
+        return path
+
+
+class ConditionalFlowMatching(FlowMatching):
+    """Class-conditional flow matching: label dropout in training, classifier-free guidance in sampling.
+
+    The net needs `num_classes` = the data's; its label `num_classes` is the null token.
+    """
+
+    conditional = True
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sampler: ODESampler | None = None,
+        coupling: Coupling = "independent",
+        sigma_min: float = 0.0,
+        reflow_from: str | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_warmup_steps: int = 0,
+        likelihood_steps: int = 0,
+        likelihood_probes: int | None = 1,
+        likelihood_examples: int | None = None,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 2.0,
+        predict_seed: int = 1234,
+    ):
+        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, likelihood_steps,
+                         likelihood_probes, likelihood_examples, predict_seed)
+        if not 0.0 <= label_dropout < 1.0:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if guidance_scale < 0:
+            raise ConfigError(f"guidance_scale must be >= 0 (0 unconditional, 1 conditional, > 1 guided), got {guidance_scale}")
+        if guidance_scale != 1.0 and label_dropout == 0.0:
+            raise ConfigError(f"guidance_scale {guidance_scale} needs the unconditional model, which label_dropout > 0 trains; "
+                              "set label_dropout (0.1 in Ho & Salimans 2022) or guidance_scale: 1.0")
+        self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
+
+    def training_labels(self, y: torch.Tensor) -> torch.Tensor:
+        drop = torch.rand(y.shape, device=y.device) < self.label_dropout
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def heldout_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return y
