@@ -2,8 +2,9 @@
 
 from gen_lightning.callbacks.ema import EMA
 from gen_lightning.callbacks.gmm_metrics import GMMMetrics
+from gen_lightning.callbacks.ode_likelihood import ODELikelihood
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
 from gen_lightning.callbacks.quality import SampleQuality
 from gen_lightning.callbacks.sample_grid import LatentInterpolation, SampleGrid
 
-__all__ = ["EMA", "GMMMetrics", "LatentInterpolation", "MetricsWriter", "SampleQuality", "SampleGrid", "SampleWriter"]
+__all__ = ["EMA", "GMMMetrics", "LatentInterpolation", "MetricsWriter", "ODELikelihood", "SampleQuality", "SampleGrid", "SampleWriter"]

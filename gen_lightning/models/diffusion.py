@@ -41,6 +41,7 @@ from gen_lightning.callbacks.sample_grid import SampleGrid
 from gen_lightning.errors import ConfigError
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
+from gen_lightning.samplers.ode import ddpm_ode_log_prob
 from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction, gather
 
 
@@ -219,6 +220,16 @@ class DDPM(GenerativeModel):
         mean_T, var_T = gather(s.sqrt_alpha_bar, tb, x0) * x0, gather(1 - s.alpha_bar, tb, x0)
         total += _normal_kl(mean_T, var_T.log(), torch.zeros_like(x0), torch.zeros_like(x0)).sum(dims)  # L_T
         return total / (x0[0].numel() * math.log(2.0))
+
+    def ode_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 100, probes: int | None = 1,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) per example (B,), nats, of continuous x by the probability-flow ODE (samplers/ode.ddpm_ode_log_prob:
+        Heun on `steps` intervals of the timesteps, unclipped predictions, the conditional model for given labels).
+        Used by callbacks.ODELikelihood."""
+        labels = None if labels is None else labels.to(self.device)
+        denoiser = Denoiser(self.net, self.schedule.to(self.device), self.prediction, labels)
+        with eval_mode(self.net):
+            return ddpm_ode_log_prob(denoiser, x, steps, probes, generator)
 
     # ---- sampling -----------------------------------------------------------------------
     def denoiser(self, labels: torch.Tensor | None) -> Denoiser:

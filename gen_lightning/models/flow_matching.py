@@ -22,16 +22,14 @@ called with `TIME_SCALE * t`: a documented convention of this family, as DDPM's 
 with classifier-free guidance on the velocity: v = v_uncond + w (v_cond - v_uncond); w = 0 is exactly
 the unconditional model, w = 1 the conditional one.
 
-Likelihood (`likelihood_steps` > 0): log p(x) by the probability-flow ODE (samplers/ode.py), exact
-trace or Hutchinson with `likelihood_probes` probes; images are uniformly dequantized as the flows
-are (likelihoods.uniform_dequantize), and bits/dim follow likelihoods.dequantized_bits_per_dim.
+Likelihood: `ode_log_prob(x)` by the probability-flow ODE (samplers/ode.py); the ODELikelihood callback
+(callbacks/ode_likelihood.py) turns it into test/nll_nats, bits/dim and KL(data || model).
 
 EMA: add `lightning.pytorch.callbacks.EMAWeightAveraging` after SampleGrid in the callbacks.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -40,7 +38,6 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from gen_lightning.errors import ConfigError
-from gen_lightning.likelihoods import dequantized_bits_per_dim, uniform_dequantize
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.ode import EulerSampler, ODESampler, ode_log_prob, standard_normal_log_prob
 
@@ -63,8 +60,7 @@ class FlowMatching(GenerativeModel):
     """Unconditional flow matching with an injected velocity net, ODE sampler and optimizer."""
 
     conditional = False
-    sampling_options = ("predict_seed", "sampler", "guidance_scale", "likelihood_steps", "likelihood_probes",
-                        "likelihood_examples")
+    sampling_options = ("predict_seed", "sampler", "guidance_scale")
     divergence_advice = "Lower the learning rate, or add trainer.gradient_clip_val: 1.0."
 
     def __init__(
@@ -76,9 +72,6 @@ class FlowMatching(GenerativeModel):
         reflow_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
-        likelihood_steps: int = 0,
-        likelihood_probes: int | None = 1,
-        likelihood_examples: int | None = None,
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -86,29 +79,20 @@ class FlowMatching(GenerativeModel):
             raise ConfigError(f"coupling must be 'independent' or 'ot', got {coupling!r}")
         if not 0.0 <= sigma_min < 1.0:
             raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min}")
-        if lr_warmup_steps < 0 or likelihood_steps < 0:
-            raise ConfigError(f"lr_warmup_steps and likelihood_steps must be >= 0, got {lr_warmup_steps}, {likelihood_steps}")
-        if likelihood_probes is not None and likelihood_probes < 1:
-            raise ConfigError(f"likelihood_probes must be >= 1 (Hutchinson) or null (exact trace), got {likelihood_probes}")
+        if lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
         self.save_hyperparameters()
         self.net = net
         self.sampler = sampler if sampler is not None else EulerSampler(50)
         self.coupling, self.sigma_min, self.reflow_from = coupling, sigma_min, reflow_from
         self.optimizer, self.lr_warmup_steps = optimizer, lr_warmup_steps
-        self.likelihood_steps, self.likelihood_probes, self.likelihood_examples = likelihood_steps, likelihood_probes, likelihood_examples
         self.guidance_scale = 1.0
-        self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
         self._teacher: list[FlowMatching] = []  # reflow's frozen teacher, kept out of the state_dict
-        self._likelihood_seen = 0
 
     @property
     def network_evaluations_per_sample(self) -> int:
         guided = self.conditional and self.guidance_scale not in (0.0, 1.0)
         return self.sampler.evaluations * (2 if guided else 1)
-
-    @property
-    def is_image(self) -> bool:
-        return self.data_shape is not None and len(self.data_shape) == 3
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
@@ -131,19 +115,6 @@ class FlowMatching(GenerativeModel):
 
     def bind_data(self, dm) -> None:
         super().bind_data(dm)
-        self.data_has_density = callable(getattr(dm, "log_prob", None))
-        if self.likelihood_steps == 0:
-            why = "likelihood_steps: 0 (the probability-flow ODE likelihood costs 2 x likelihood_steps passes with gradients)"
-            self.omitted_metrics.update({"test/nll_nats": why, "test/bpd": why, "test/kl_data_model": why})
-        else:
-            probes = "the exact trace" if self.likelihood_probes is None else f"Hutchinson, {self.likelihood_probes} Rademacher probe(s)"
-            self.metric_conventions["test/nll_nats"] = (
-                f"-log p(x) in nats by the probability-flow ODE, Heun with {self.likelihood_steps} steps, {probes}"
-                + (", of uniformly dequantized 8-bit images (k + u)/256 rescaled to the data range" if self.is_image else ""))
-            if not self.is_image:
-                self.omitted_metrics["test/bpd"] = "bits/dim applies to 8-bit images"
-            if not self.data_has_density:
-                self.omitted_metrics["test/kl_data_model"] = f"{dm.dataset_name} has no exact density"
         self.metric_conventions["test/loss"] = "flow matching MSE on test data, t and x0 seeded by batch index"
 
     def setup(self, stage: str) -> None:
@@ -200,39 +171,14 @@ class FlowMatching(GenerativeModel):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log("val/loss", self.heldout_loss(batch, batch_idx), prog_bar=True, batch_size=batch[0].shape[0])
 
-    def on_test_epoch_start(self) -> None:
-        self._likelihood_seen = 0
-
     def test_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
-        n = x.shape[0]
-        self.log("test/loss", self.heldout_loss(batch, batch_idx), batch_size=n)
-        if self.likelihood_steps == 0 or (self.likelihood_examples is not None and self._likelihood_seen >= self.likelihood_examples):
-            return
-        if self.likelihood_examples is not None:
-            x, y = x[: self.likelihood_examples - self._likelihood_seen], y[: self.likelihood_examples - self._likelihood_seen]
-        self._likelihood_seen += x.shape[0]
-        g = torch.Generator(device=x.device).manual_seed(batch_idx)
-        nll = -self.log_prob(x, labels=self.heldout_labels(y), generator=g)
-        metrics = {"test/nll_nats": nll}
-        if self.is_image:
-            metrics["test/bpd"] = dequantized_bits_per_dim(nll, math.prod(self.data_shape), self.value_range)
-        if self.data_has_density:
-            metrics["test/kl_data_model"] = self.trainer.datamodule.log_prob(x).to(nll) + nll
-        self.log_dict({k: v.mean() for k, v in metrics.items()}, batch_size=x.shape[0])
+        self.log("test/loss", self.heldout_loss(batch, batch_idx), batch_size=batch[0].shape[0])
 
-    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 steps: int | None = None, probes: int | None | Literal["config"] = "config") -> torch.Tensor:
-        """log p(x) per example (B,), nats, by the probability-flow ODE from t = 1 back to t = 0.
-
-        8-bit images in the data range are dequantized first (one draw from `generator`); the density is then
-        that of the dequantized image in the data's value range.
-        """
-        steps = (self.likelihood_steps or 50) if steps is None else steps
-        probes = self.likelihood_probes if probes == "config" else probes
-        if self.is_image:
-            lo, hi = self.value_range
-            x = lo + (hi - lo) * uniform_dequantize((x - lo) / (hi - lo), generator)
+    def ode_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50, probes: int | None = 1,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) per example (B,), nats, of continuous x by the probability-flow ODE from t = 1 back to t = 0
+        (Heun, `steps` steps; `probes` Hutchinson probes, None: the exact trace). Used by callbacks.ODELikelihood."""
+        labels = None if labels is None else labels.to(self.device)
         times = [1.0 - k / steps for k in range(steps + 1)]
         with eval_mode(self.net):
             return ode_log_prob(self.velocity(labels), x, times, standard_normal_log_prob, probes, generator)
@@ -296,15 +242,11 @@ class ConditionalFlowMatching(FlowMatching):
         reflow_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
-        likelihood_steps: int = 0,
-        likelihood_probes: int | None = 1,
-        likelihood_examples: int | None = None,
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
     ):
-        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, likelihood_steps,
-                         likelihood_probes, likelihood_examples, predict_seed)
+        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, predict_seed)
         if not 0.0 <= label_dropout < 1.0:
             raise ConfigError(f"label_dropout must be in [0, 1), got {label_dropout}")
         if guidance_scale < 0:

@@ -19,12 +19,11 @@ trainer:
   callbacks:
     - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {dirpath: checkpoints/fm_gmm, filename: last, enable_version_counter: false}}
     - {class_path: gen_lightning.callbacks.GMMMetrics, init_args: {num_samples: 2500}}
+    - {class_path: gen_lightning.callbacks.ODELikelihood, init_args: {steps: 20, probes: null, num_examples: 500}}
     - {class_path: lightning.pytorch.callbacks.EMAWeightAveraging, init_args: {decay: 0.98}}
 speed: {enabled: false}
 model:
   init_args:
-    likelihood_steps: 20
-    likelihood_examples: 500
     optimizer: {class_path: torch.optim.Adam, init_args: {lr: 3.0e-3}}
     net:
       class_path: gen_lightning.nets.denoiser_mlp.DenoiserMLP

@@ -114,7 +114,7 @@ def test_sample_shapes_labels_and_evaluations():
 
 
 @pytest.mark.parametrize("kw, match", [({"coupling": "sinkhorn"}, "coupling"), ({"sigma_min": 1.0}, "sigma_min"),
-                                       ({"likelihood_probes": 0}, "likelihood_probes")])
+                                       ({"lr_warmup_steps": -1}, "lr_warmup_steps")])
 def test_bad_arguments_are_refused_in_one_line(kw, match):
     with pytest.raises(ConfigError, match=match):
         FlowMatching(DenoiserMLP(dim=2), **kw)
@@ -130,8 +130,8 @@ def test_a_net_for_other_data_is_refused():
 
 def test_log_prob_of_the_untrained_net_is_the_standard_normal():
     """v = 0 leaves x in place, so log p(x) is log N(x; 0, I) exactly, with the exact trace or Hutchinson."""
-    model = _model(likelihood_steps=5)
+    model = _model()
     x = torch.randn(10, 2)
     want = -0.5 * (x**2).sum(1) - math.log(2 * math.pi)
-    assert torch.allclose(model.log_prob(x, probes=None), want, atol=1e-5)
-    assert torch.allclose(model.log_prob(x, generator=torch.Generator().manual_seed(0)), want, atol=1e-5)
+    assert torch.allclose(model.ode_log_prob(x, steps=5, probes=None), want, atol=1e-5)
+    assert torch.allclose(model.ode_log_prob(x, steps=5, generator=torch.Generator().manual_seed(0)), want, atol=1e-5)
