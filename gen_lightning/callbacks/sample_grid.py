@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from gen_lightning.callbacks.outputs import run_dir
 from gen_lightning.callbacks.render import image_grid, save_figure, save_grid, scatter_figure
@@ -38,6 +39,16 @@ class SampleGrid(L.Callback):
             raise ConfigError(f"SampleGrid num_samples must be >= 1, got {num_samples}")
         self.every_n_epochs, self.num_samples, self.nrow, self.seed = every_n_epochs, num_samples, nrow, seed
         self.last_path = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """EMA (WeightAveraging) listed before a SampleGrid would swap the raw weights back in before the grid is drawn:
+        callbacks run in list order, and WeightAveraging swaps back in its on_validation_epoch_end. (`gen` orders
+        WeightAveraging last itself; this catches the Python API.)"""
+        callbacks = trainer.callbacks
+        averaging = [i for i, c in enumerate(callbacks) if isinstance(c, WeightAveraging)]
+        if stage == "fit" and averaging and min(averaging) < callbacks.index(self):
+            raise ConfigError("list EMAWeightAveraging after SampleGrid in trainer.callbacks, so that the sample grid is "
+                              "drawn from the averaged weights (callbacks run in list order)")
 
     def labels_for(self, pl_module) -> tuple[torch.Tensor | None, int]:
         """One row per class for conditional models: labels (K*per_row,) and the row length."""

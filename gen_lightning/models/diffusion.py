@@ -32,12 +32,10 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
-from gen_lightning.callbacks.sample_grid import SampleGrid
 from gen_lightning.errors import ConfigError
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
@@ -142,13 +140,6 @@ class DDPM(GenerativeModel):
         if images and self.vlb_bpd:
             self.metric_conventions["test/bpd_vlb"] = (
                 "variational bound L_0..L_T in bits/dim, 8-bit images scaled to [-1, 1], discretized decoder (DDPM eq. 13)")
-
-    def on_fit_start(self) -> None:
-        averaging = [i for i, c in enumerate(self.trainer.callbacks) if isinstance(c, WeightAveraging)]
-        grids = [i for i, c in enumerate(self.trainer.callbacks) if isinstance(c, SampleGrid)]
-        if averaging and grids and min(averaging) < max(grids):
-            raise ConfigError("list EMAWeightAveraging after SampleGrid in trainer.callbacks, so that the sample grid is "
-                              "drawn from the averaged weights (callbacks run in list order)")
 
     # ---- training ---------------------------------------------------------------------------
     def training_labels(self, y: torch.Tensor) -> torch.Tensor | None:

@@ -23,7 +23,7 @@ expectation only when the two distributions match. `gen test` logs the same as
 
 EMA of the generator: add `lightning.pytorch.callbacks.EMAWeightAveraging`, or its subclass
 `gen_lightning.callbacks.EMA` (the same with the decay warmed up, for short runs), to the
-callbacks, after SampleGrid (see `check_callbacks`). It averages the whole module, D included; only G is
+callbacks, after SampleGrid (SampleGrid refuses the other order). It averages the whole module, D included; only G is
 used for sampling, so the averaged D is never used for a reported number.
 """
 
@@ -33,13 +33,11 @@ import functools
 from typing import Literal
 
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from gen_lightning import losses
-from gen_lightning.callbacks.sample_grid import SampleGrid
 from gen_lightning.errors import ConfigError
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
@@ -183,24 +181,6 @@ class GAN(GenerativeModel):
                 return net(x) if labels is None else net(x, labels)
         except (RuntimeError, ValueError, IndexError) as e:
             raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
-
-    def on_fit_start(self) -> None:
-        self.check_callbacks(self.trainer.callbacks)
-
-    @staticmethod
-    def check_callbacks(callbacks: list) -> None:
-        """EMAWeightAveraging must come after SampleGrid, or the grid shows the raw generator.
-
-        Callbacks run in list order, and WeightAveraging swaps the raw weights back in its
-        on_validation_epoch_end, where SampleGrid draws.
-        """
-        averaging = [i for i, c in enumerate(callbacks) if isinstance(c, WeightAveraging)]
-        grids = [i for i, c in enumerate(callbacks) if isinstance(c, SampleGrid)]
-        if averaging and grids and min(averaging) < max(grids):
-            raise ConfigError(
-                "list EMAWeightAveraging after SampleGrid in trainer.callbacks, so that the sample grid is drawn "
-                "from the averaged generator (callbacks run in list order)"
-            )
 
     # ---- the two players ------------------------------------------------------------------
     def labels_of(self, y: torch.Tensor) -> torch.Tensor | None:
