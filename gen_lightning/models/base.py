@@ -113,6 +113,33 @@ class GenerativeModel(L.LightningModule):
         if labels is None and self.conditional:
             raise ConfigError(f"{type(self).__name__} is conditional; pass labels to sample()")
 
+    def check_sample_args(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The checks every sample() starts with; returns the labels on the model's device."""
+        self.check_labels(labels)
+        if n < 1:
+            raise ValueError(f"the number of samples must be >= 1, got {n}")
+        if self.data_shape is None:
+            raise ConfigError("the model does not know its data shape yet; fit it or load it from a checkpoint first")
+        if labels is not None and tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        return None if labels is None else labels.to(self.device)
+
+    # ---- classifier-free guidance (ConditionalDDPM, ConditionalFlowMatching) ---------------
+    @staticmethod
+    def check_guidance(label_dropout: float, guidance_scale: float) -> None:
+        if not 0.0 <= label_dropout < 1.0:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if guidance_scale < 0:
+            raise ConfigError(f"guidance_scale must be >= 0 (0 unconditional, 1 conditional, > 1 guided), got {guidance_scale}")
+        if guidance_scale != 1.0 and label_dropout == 0.0:
+            raise ConfigError(f"guidance_scale {guidance_scale} needs the unconditional model, which label_dropout > 0 trains; "
+                              "set label_dropout (0.1 in Ho & Salimans 2022) or guidance_scale: 1.0")
+
+    def drop_labels(self, y: torch.Tensor, label_dropout: float) -> torch.Tensor:
+        """Each label replaced by the null token `num_classes` with probability `label_dropout`."""
+        drop = torch.rand(y.shape, device=y.device) < label_dropout
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
     # ---- sampling -------------------------------------------------------------------
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define sample()")
@@ -131,6 +158,14 @@ class GenerativeModel(L.LightningModule):
             return optimizer_callable(params)
         except ValueError as e:  # e.g. "Invalid learning rate: -0.001"
             raise ConfigError(f"model.{name} rejected its arguments ({e}); fix model.{name}.init_args in the config") from None
+
+    def optimizer_with_warmup(self, optimizer_callable, params, warmup_steps: int):
+        """The optimizer, with a linear learning-rate warm-up over `warmup_steps` steps when > 0."""
+        opt = self.build_optimizer(optimizer_callable, params)
+        if warmup_steps == 0:
+            return opt
+        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 
     # ---- divergence: one guard for every family -------------------------------------------
     # what a family suggests when its training diverges; each family sets its own

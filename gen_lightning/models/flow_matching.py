@@ -156,11 +156,7 @@ class FlowMatching(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        opt = self.build_optimizer(self.optimizer, self.net.parameters())
-        if self.lr_warmup_steps == 0:
-            return opt
-        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / self.lr_warmup_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return self.optimizer_with_warmup(self.optimizer, self.net.parameters(), self.lr_warmup_steps)
 
     # ---- validation and test ----------------------------------------------------------------
     def heldout_loss(self, batch, batch_idx: int) -> torch.Tensor:
@@ -197,15 +193,6 @@ class FlowMatching(GenerativeModel):
 
         return field
 
-    def check_sample_args(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
-        self.check_labels(labels)
-        if n < 1:
-            raise ValueError(f"the number of samples must be >= 1, got {n}")
-        if self.data_shape is None:
-            raise ConfigError("the model does not know its data shape yet; fit it or load it from a checkpoint first")
-        if labels is not None and tuple(labels.shape) != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        return None if labels is None else labels.to(self.device)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -247,18 +234,11 @@ class ConditionalFlowMatching(FlowMatching):
         predict_seed: int = 1234,
     ):
         super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, predict_seed)
-        if not 0.0 <= label_dropout < 1.0:
-            raise ConfigError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        if guidance_scale < 0:
-            raise ConfigError(f"guidance_scale must be >= 0 (0 unconditional, 1 conditional, > 1 guided), got {guidance_scale}")
-        if guidance_scale != 1.0 and label_dropout == 0.0:
-            raise ConfigError(f"guidance_scale {guidance_scale} needs the unconditional model, which label_dropout > 0 trains; "
-                              "set label_dropout (0.1 in Ho & Salimans 2022) or guidance_scale: 1.0")
+        self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 
     def training_labels(self, y: torch.Tensor) -> torch.Tensor:
-        drop = torch.rand(y.shape, device=y.device) < self.label_dropout
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return self.drop_labels(y, self.label_dropout)
 
     def heldout_labels(self, y: torch.Tensor) -> torch.Tensor:
         return y
