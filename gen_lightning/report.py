@@ -319,6 +319,8 @@ def compare(patterns: list[str], output: Path) -> dict[str, Path]:
     written["table_md"].write_text("\n".join(md) + "\n")
     with written["table_csv"].open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
+    for old in (output / "tensorboard").glob("events.out.tfevents.*"):
+        old.unlink()  # the comparison is rewritten as a whole, like compare.md: one event file, not one per call
     writer = SummaryWriter(str(output / "tensorboard"))
     writer.add_text("compare/table", "\n".join(md))
     for name, make in FIGURES.items():

@@ -49,7 +49,9 @@ def test_compare_writes_tables_and_figures(tmp_path):
     for name in ("compare.md", "compare.csv", "bars.png", "heatmap.png", "radar.png", "cube.png", "curves.png",
                  "quality_vs_minutes.png", "samples.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    main(["compare", str(logs / "*" / "version_1"), "--output", str(out)])  # again: replaced, not one more event file
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     rows = list(csv.DictReader((out / "compare.csv").open()))
     by_run = {r["run"]: r for r in rows}
     assert by_run["gan_gmm"]["kl_data_model"] == "n/a"  # the GAN has no density: shown as n/a, never 0
