@@ -39,7 +39,7 @@ LOWER_IS_BETTER = ("fid", "kid", "kl", "nll", "bpd", "nelbo", "ms_per", "cv", "n
 NO_DIRECTION = ("energy_data", "_std")
 HIGHER_IS_BETTER = ("acc", "entropy", "modes_covered", "high_quality", "inception_score", "precision", "recall", "per_second", "classes_covered", "diversity")
 RADAR_AXES = {
-    "quality": ("classifier_fid", "fid", "reverse_kl_modes", "kl_data_model", "nll_iwae_nats", "bpd_iwae", "high_quality_fraction"),
+    "quality": ("classifier_fid", "fid", "reverse_kl_modes", "kl_data_model", "nll_nats", "bpd", "high_quality_fraction"),
     "stability": ("loss_cv_tail", "g_loss_cv_tail", "d_loss_cv_tail"),
     "controllability": ("label_accuracy", "within_class_diversity_min"),
     "efficiency": ("sample_ms_per_img", "train_images_per_second"),

@@ -71,7 +71,7 @@ def test_normalization_is_min_max_with_one_best():
 
 
 def test_every_metric_has_a_direction():
-    for m in ("classifier_fid", "fid", "kid_mean", "nll_iwae_nats", "bpd_iwae", "label_accuracy", "modes_covered",
+    for m in ("classifier_fid", "fid", "kid_mean", "nll_nats", "bpd", "label_accuracy", "modes_covered",
               "high_quality_fraction", "sample_ms_per_img", "train_images_per_second", "loss_cv_tail", "inception_score",
               "nll_nats", "bpd", "loss", "energy_distance", "buffer_energy_distance"):  # fmt: skip
         higher_is_better(m)

@@ -126,7 +126,7 @@ class DDPM(GenerativeModel):
         super().bind_data(dm)
         images = len(self.data_shape) == 3
         self.omitted_metrics.update({
-            "test/nll": "DDPM gives no exact likelihood; the variational bound is test/bpd_vlb",
+            "test/nll_nats": "DDPM gives no exact likelihood; the variational bound is test/bpd_vlb",
             "test/kl_data_model": "needs log p_model(x), which DDPM gives only as a bound",
         })
         if not images:

@@ -109,7 +109,7 @@ class EBM(GenerativeModel):
         self.max_energy, self.grid_size = max_energy, grid_size
         self.network_evaluations_per_sample = sample_steps  # SGLD steps, each a forward and a backward pass of E
         self.register_buffer("replay", torch.empty(0))  # (buffer_size, *data_shape), allocated in bind_data
-        self.omitted_metrics = {"test/nll": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD}
+        self.omitted_metrics = {"test/nll_nats": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD}
         self.metric_conventions = {
             "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
             "sampling": f"{sample_steps} SGLD steps (step {step_size}, noise {noise_std}) from uniform noise; "
@@ -142,12 +142,12 @@ class EBM(GenerativeModel):
         if tuple(self.replay.shape) != shape:  # a fresh buffer of uniform noise; a checkpoint replaces it
             self.replay = self.uniform_noise(self.buffer_size)
         if self.has_density:
-            for name in ("test/nll", "test/kl_data_model"):
+            for name in ("test/nll_nats", "test/kl_data_model"):
                 self.omitted_metrics.pop(name, None)
             self.omitted_metrics["test/bpd"] = "2-D continuous data: bits/dim applies to 8-bit images"
             self.metric_conventions["log_prob"] = (
                 f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
-                f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll in nats per point")
+                f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll_nats per point")
         else:
             self.omitted_metrics["test/kl_data_model"] = f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"
 
@@ -243,7 +243,7 @@ class EBM(GenerativeModel):
         metrics = {"test/energy_data": self.energy(x).mean(), "test/buffer_energy_distance": self.buffer_distance(x, batch_idx)}
         if self.has_density:
             log_p_model = self.log_prob(x)
-            metrics["test/nll"] = -log_p_model.mean()
+            metrics["test/nll_nats"] = -log_p_model.mean()
             if hasattr(self.trainer.datamodule, "log_prob"):  # synthetic data with an exact density (GMM)
                 metrics["test/kl_data_model"] = (self.trainer.datamodule.log_prob(x).to(x) - log_p_model).mean()
         self.log_dict(metrics, batch_size=x.shape[0])

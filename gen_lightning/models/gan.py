@@ -46,7 +46,7 @@ Loss = Literal["bce", "hinge", "wgan-gp"]
 
 NO_LIKELIHOOD = "a GAN defines no density, so it has no likelihood"
 OMITTED_METRICS = {
-    "test/nll": NO_LIKELIHOOD,
+    "test/nll_nats": NO_LIKELIHOOD,
     "test/bpd": NO_LIKELIHOOD,
     "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
 }

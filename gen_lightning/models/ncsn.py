@@ -51,7 +51,7 @@ T_MAX = 999.0  # t(sigma_1): DDPM's largest timestep index (T = 1000), the range
 
 NO_LIKELIHOOD = "NCSN learns a score, not a normalized density (that would need the probability-flow ODE)"
 OMITTED_METRICS = {
-    "test/nll": NO_LIKELIHOOD,
+    "test/nll_nats": NO_LIKELIHOOD,
     "test/bpd": NO_LIKELIHOOD,
     "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
 }

@@ -46,7 +46,7 @@ def test_fit_then_test_with_ddim_on_ring8(workdir):
     # the override's DDIM-20 sampler, not the DDPM-1000 sampler stored in the checkpoint's hyperparameters
     assert report["sampling"]["network_evaluations_per_sample"] == 20
     assert report["trained"]["epochs"] == 6
-    assert "test/nll" in report["omitted"] and "test/bpd_vlb" in report["omitted"]
+    assert "test/nll_nats" in report["omitted"] and "test/bpd_vlb" in report["omitted"]
     # The untrained net predicts eps = 0 (zero-initialized output), so its samples all sit near the origin,
     # 0 modes. Measured after these 600 steps (seed 0, DDIM-20): 8/8 modes, 24% of the samples within 3 std
     # (0.06) of a mode, reverse KL 0.08, test/loss 0.23. The full config reaches more (docs/results/diffusion.md).

@@ -51,7 +51,7 @@ def test_fit_then_test_on_grid25(workdir):
     m = report["metrics"]
     assert report["model"] == "gen_lightning.models.ncsn.NCSN"
     assert report["trained"]["epochs"] == 10
-    assert "test/nll" in report["omitted"] and "test/kl_data_model" in report["omitted"]
+    assert "test/nll_nats" in report["omitted"] and "test/kl_data_model" in report["omitted"]
     assert report["sampling"]["network_evaluations_per_sample"] == LEVELS * STEPS + 1
     # The untrained net scores 0, so its samples stay spread like N(0, 12^2 I) plus Langevin noise: no mode covered,
     # DSM loss D/2 = 1. This 1,000-step fit covers 13 of the 25 modes (>= 20 of 2,500 samples within 3 std each),

@@ -138,7 +138,7 @@ def test_sample_from_noise_and_from_buffer():
 def test_images_start_in_their_value_range():
     model = ebm(nn.Sequential(nn.Flatten(), nn.Linear(16, 1), nn.Flatten(0)), dm=Images(), init_range=None, buffer_size=8)
     assert model.replay.shape == (8, 1, 4, 4) and model.replay.abs().max() <= 1
-    assert {"test/nll", "test/bpd", "test/kl_data_model"} <= model.omitted_metrics.keys()
+    assert {"test/nll_nats", "test/bpd", "test/kl_data_model"} <= model.omitted_metrics.keys()
     with pytest.raises(ConfigError, match="2-D data only"):
         model.log_prob(torch.zeros(1, 1, 4, 4))
 
@@ -146,7 +146,7 @@ def test_images_start_in_their_value_range():
 def test_2d_data_has_a_density_but_no_bits_per_dim():
     model = ebm()
     assert "test/bpd" in model.omitted_metrics
-    assert "test/nll" not in model.omitted_metrics and "test/kl_data_model" not in model.omitted_metrics
+    assert "test/nll_nats" not in model.omitted_metrics and "test/kl_data_model" not in model.omitted_metrics
 
 
 def test_log_prob_of_a_gaussian_energy_is_normalized_on_the_grid():

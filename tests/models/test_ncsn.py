@@ -123,7 +123,7 @@ def test_image_samples_stay_in_range_and_the_unet_fits():
     model.bind_data(dm)
     x = model.sample(4, generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
-    assert "test/nll" in model.omitted_metrics
+    assert "test/nll_nats" in model.omitted_metrics
 
 
 def test_data_checks_refuse_what_does_not_fit():

@@ -111,14 +111,14 @@ def test_check_data_leaves_batchnorm_statistics_alone():
 
 def test_omitted_metrics_and_conventions():
     gmm = bound(tiny_vae(Gaussian(), data_shape=(2,)), GMMDataModule(preset="ring8", n_train=64))
-    assert set(gmm.omitted_metrics) == {"val/bpd", "test/bpd_elbo", "test/bpd_iwae"}
-    assert gmm.omitted_metrics["test/bpd_iwae"].startswith("2-D continuous data")
+    assert set(gmm.omitted_metrics) == {"val/bpd", "test/bpd_elbo", "test/bpd"}
+    assert gmm.omitted_metrics["test/bpd"].startswith("2-D continuous data")
     assert "test/kl_data_model" in gmm.metric_conventions
     mnist_like = bound(tiny_vae(Bernoulli()), TinyImages())
     assert set(mnist_like.omitted_metrics) == {"test/kl_data_model"}
     assert "nll / (D ln 2)" in mnist_like.metric_conventions["bits_per_dim"]
     blurry = bound(tiny_vae(Gaussian(std=0.1)), TinyImages(binarize="none"))
-    assert "dequantize: true" in blurry.omitted_metrics["test/bpd_iwae"]
+    assert "dequantize: true" in blurry.omitted_metrics["test/bpd"]
 
 
 def test_bits_per_dim_by_hand():
@@ -228,7 +228,7 @@ def run(model: VAE, dm) -> dict:
 def test_fit_and_test_on_gmm_log_the_density_metrics():
     metrics = run(tiny_vae(Gaussian(), data_shape=(2,), iw_samples=20, kl_warmup_steps=10), GMMDataModule(n_train=64, n_val=32, n_test=32, batch_size=16))
     assert {"train/loss", "train/rec", "train/kl", "train/beta", "val/loss"} <= set(metrics)
-    assert {"test/nelbo_nats", "test/nll_iwae_nats", "test/kl_data_model"} <= set(metrics)
+    assert {"test/nelbo_nats", "test/nll_nats", "test/kl_data_model"} <= set(metrics)
     assert not any("bpd" in name for name in metrics)
     assert metrics["train/beta"] == pytest.approx(0.1)  # logged at step 1 of a 10-step warm-up
 
@@ -237,9 +237,9 @@ def test_fit_and_test_on_images_log_bits_per_dim():
     dm = TinyImages(binarize="none")
     model = VAE(ConvEncoder(1, 4, [4], 4, norm="group"), ConvDecoder(2, 2, 4, [4], norm="group"), DiscretizedLogistic(), latent_dim=2, iw_samples=10)
     metrics = run(model, dm)
-    assert {"val/loss", "val/bpd", "test/nelbo_nats", "test/nll_iwae_nats", "test/bpd_elbo", "test/bpd_iwae"} <= set(metrics)
+    assert {"val/loss", "val/bpd", "test/nelbo_nats", "test/nll_nats", "test/bpd_elbo", "test/bpd"} <= set(metrics)
     assert "test/kl_data_model" not in metrics
-    assert metrics["test/bpd_iwae"] == pytest.approx(metrics["test/nll_iwae_nats"] / (16 * math.log(2)), rel=1e-5)
+    assert metrics["test/bpd"] == pytest.approx(metrics["test/nll_nats"] / (16 * math.log(2)), rel=1e-5)
 
 
 def test_scheduler_is_stepped_per_epoch_and_callback_notes_survive_setup():
