@@ -40,8 +40,8 @@ class ODELikelihood(L.Callback):
                               f"{type(pl_module).__name__}; remove the callback")
         if stage != "test":
             return
-        dm = trainer.datamodule
-        images = len(pl_module.data_shape) == 3
+        dm = trainer.datamodule  # callbacks are set up before the model has read the data
+        images = len(dm.data_shape) == 3
         trace = "the exact trace" if self.probes is None else f"Hutchinson's trace estimate with {self.probes} Rademacher probe(s)"
         pl_module.metric_conventions["test/nll_nats"] = (
             f"-log p(x) in nats by the probability-flow ODE (Heun, {self.steps} steps, {trace}) on the first "

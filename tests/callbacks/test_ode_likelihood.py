@@ -37,7 +37,7 @@ class StandardNormalModel:
 
 def test_images_are_dequantized_into_the_data_range_and_converted_to_bits_per_dim():
     model = StandardNormalModel((1, 2, 2), (-1.0, 1.0))
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(dataset_name="toy"))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(dataset_name="toy", data_shape=(1, 2, 2)))
     cb = ODELikelihood(steps=3, num_examples=5)
     cb.setup(trainer, model, "test")
     k = torch.randint(0, 256, (4, 1, 2, 2), generator=torch.Generator().manual_seed(0)).float()
