@@ -115,6 +115,9 @@ class FlowMatching(GenerativeModel):
 
     def bind_data(self, dm) -> None:
         super().bind_data(dm)
+        if "test/nll_nats" not in self.metric_conventions:  # callbacks.ODELikelihood, when configured, logs it
+            why = "the probability-flow likelihood needs the ODELikelihood callback"
+            self.omitted_metrics.update({"test/nll_nats": why, "test/kl_data_model": why})
         self.metric_conventions["test/loss"] = "flow matching MSE on test data, t and x0 seeded by batch index"
 
     def setup(self, stage: str) -> None:
