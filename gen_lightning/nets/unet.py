@@ -48,7 +48,12 @@ def check_labels(num_classes: int | None, labels: torch.Tensor | None, who: str)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups as in DDPM when channels allow
+    """GroupNorm with at least 4 channels a group where possible: 32 groups of 4 at DDPM's 128 channels, 4 groups at 16.
+
+    The time embedding is added per channel just before `norm2`; with one channel a group (the old rule,
+    gcd(32, C) groups, at C = 16 or 32) that normalization subtracted it again and the net could not see t.
+    """
+    return nn.GroupNorm(math.gcd(32, max(channels // 4, 1)), channels)
 
 
 class ResBlock(nn.Module):

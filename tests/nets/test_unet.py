@@ -40,12 +40,15 @@ def test_unet_shapes_and_zero_init(in_channels, size, mults, attn):
     assert net(x, torch.tensor([0.0, 10.5, 999.0])).abs().sum() > 0
 
 
-def test_unet_time_changes_the_output():
-    net = UNet(1, 28, channels=16, num_res_blocks=1).eval()
+@pytest.mark.parametrize("channels", [16, 32, 64])
+def test_unet_time_changes_the_output(channels):
+    """The time embedding must survive the GroupNorm after it: with one channel a group (the old rule at 16 or 32
+    channels) the per-channel shift was normalized away and the outputs differed by float noise only (~1e-7)."""
+    net = UNet(1, 28, channels=channels, num_res_blocks=1).eval()
     _perturb(net)
     x = torch.randn(1, 1, 28, 28).expand(2, -1, -1, -1)
     out = net(x, torch.tensor([1.0, 500.0]))
-    assert not torch.allclose(out[0], out[1])
+    assert (out[0] - out[1]).abs().mean() > 0.01 * out.abs().mean()
 
 
 def test_unet_class_embedding_and_null_token():
