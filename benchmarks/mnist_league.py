@@ -131,7 +131,8 @@ def league_table(rows: list[dict], floor: float, num_samples: int) -> list[str]:
               "within-class diversity (min / mean) | NLL | fit minutes | gen test seconds | sampling ms/img |").format(floor)
     lines = [header, "|" + "---|" * 9]
     for r in rows:
-        m = json.loads(Path(r["metrics_json"]).read_text()) if r.get("metrics_json") else {"metrics": {}}
+        found = r.get("metrics_json") and Path(r["metrics_json"]).is_file()  # an earlier run's folder may be gone
+        m = json.loads(Path(r["metrics_json"]).read_text()) if found else {"metrics": {}}
         mm = m["metrics"]
 
         def get(key, fmt="{:.2f}"):
