@@ -25,6 +25,7 @@ and kept fixed along the path (FFJORD's choice), which makes the log-density an 
 
 from __future__ import annotations
 
+import abc
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -37,8 +38,10 @@ from gen_lightning.errors import ConfigError
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-class ODESampler:
-    """Integrates dx/dt = field(x, t) over `num_steps` equal steps of [t_start, t_end] (default 0 -> 1)."""
+class ODESampler(abc.ABC):
+    """Integrates dx/dt = field(x, t) over `num_steps` equal steps of [t_start, t_end] (default 0 -> 1).
+
+    Subclasses define the one-step rule `step` (EulerSampler, HeunSampler)."""
 
     evaluations_per_step = 1
 
@@ -55,8 +58,9 @@ class ODESampler:
     def times(self, t_start: float = 0.0, t_end: float = 1.0) -> list[float]:
         return [t_start + (t_end - t_start) * k / self.sampling_steps for k in range(self.sampling_steps + 1)]
 
+    @abc.abstractmethod
     def step(self, field: Field, x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
-        raise NotImplementedError
+        """x(t_next) from x(t)."""
 
     @torch.no_grad()
     def sample(
