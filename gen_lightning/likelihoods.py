@@ -36,6 +36,13 @@ def uniform_dequantize(x: torch.Tensor, generator: torch.Generator | None = None
     return (k + u) / 256.0
 
 
+def dequantize_in_range(x: torch.Tensor, value_range: tuple[float, float], generator: torch.Generator | None = None) -> torch.Tensor:
+    """8-bit values rescaled to `value_range` (e.g. [-1, 1]) -> their uniform dequantization in the same range:
+    lo + (hi - lo) (k + u) / 256 (`uniform_dequantize` of (x - lo) / (hi - lo))."""
+    lo, hi = value_range
+    return lo + (hi - lo) * uniform_dequantize((x - lo) / (hi - lo), generator)
+
+
 def bits_per_dim(nll: torch.Tensor, num_dims: int) -> torch.Tensor:
     """NLL in nats of dequantized data y in [0, 1)^D -> bits/dim of the 8-bit data: (nll + D ln 256) / (D ln 2)."""
     return (nll + num_dims * math.log(256)) / (num_dims * math.log(2))

@@ -10,7 +10,7 @@ from torch.distributions import Normal
 
 from gen_lightning.data import GMMDataModule
 from gen_lightning.errors import ConfigError
-from gen_lightning.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian
+from gen_lightning.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, dequantize_in_range
 
 
 def image_data(binarize="none", value_range=(0.0, 1.0), shape=(1, 28, 28)):
@@ -159,3 +159,13 @@ def test_gaussian_refuses_bad_values_and_dequantizing_non_images():
     Gaussian(dequantize=True).check(image_data(shape=(3, 32, 32)))
     with pytest.raises(ConfigError, match="dequantize: false"):
         Gaussian(dequantize=True).check(GMMDataModule(preset="ring8"))
+
+
+def test_dequantize_in_range_keeps_each_8bit_value_in_its_own_bin():
+    """x = lo + (hi - lo) k/255 -> lo + (hi - lo)(k + u)/256: bin k of 256 equal bins of [lo, hi), any range."""
+    k = torch.arange(256, dtype=torch.float64).repeat(40)
+    for lo, hi in [(-1.0, 1.0), (0.0, 1.0)]:
+        y = dequantize_in_range(lo + (hi - lo) * k / 255, (lo, hi), torch.Generator().manual_seed(0))
+        assert torch.equal(torch.floor((y - lo) / (hi - lo) * 256), k)
+        u = (y - lo) / (hi - lo) * 256 - k  # the noise: U[0, 1), mean 1/2, sd 1/sqrt(12) over 10,240 draws
+        assert abs(u.mean().item() - 0.5) < 4 / math.sqrt(12 * u.numel())

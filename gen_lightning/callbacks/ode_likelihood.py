@@ -22,7 +22,7 @@ import lightning as L
 import torch
 
 from gen_lightning.errors import ConfigError
-from gen_lightning.likelihoods import dequantized_bits_per_dim, uniform_dequantize
+from gen_lightning.likelihoods import dequantize_in_range, dequantized_bits_per_dim
 
 
 class ODELikelihood(L.Callback):
@@ -66,8 +66,7 @@ class ODELikelihood(L.Callback):
         g = torch.Generator(device=x.device).manual_seed(self.seed + batch_idx)
         images = len(pl_module.data_shape) == 3
         if images:
-            lo, hi = pl_module.value_range
-            x = lo + (hi - lo) * uniform_dequantize((x - lo) / (hi - lo), g)
+            x = dequantize_in_range(x, pl_module.value_range, g)
         labels = y if getattr(pl_module, "conditional", False) else None
         nll = -pl_module.ode_log_prob(x, labels=labels, steps=self.steps, probes=self.probes, generator=g)
         metrics = {"test/nll_nats": nll}

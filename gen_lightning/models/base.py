@@ -113,6 +113,13 @@ class GenerativeModel(L.LightningModule):
         if labels is None and self.conditional:
             raise ConfigError(f"{type(self).__name__} is conditional; pass labels to sample()")
 
+    @staticmethod
+    def check_dequantize(dm, dequantize: bool) -> None:
+        """Training on uniformly dequantized data (`dequantize: true`) is for 8-bit images only."""
+        if dequantize and not (len(dm.data_shape) == 3 and dm.binarize == "none"):
+            raise ConfigError(f"dequantize: true adds uniform noise of one 8-bit level to images, but {dm.dataset_name} "
+                              f"yields {'binarized images' if len(dm.data_shape) == 3 else 'continuous data'}; set dequantize: false")
+
     def check_sample_args(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The checks every sample() starts with; returns the labels on the model's device."""
         self.check_labels(labels)

@@ -37,6 +37,7 @@ from torch import nn
 
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
+from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
 from gen_lightning.samplers.ode import ddpm_ode_log_prob
@@ -78,6 +79,7 @@ class DDPM(GenerativeModel):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
         vlb_bpd: bool = False,
+        dequantize: bool = False,
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -90,6 +92,7 @@ class DDPM(GenerativeModel):
         self.schedule = schedule if schedule is not None else LinearSchedule()
         self.sampler = sampler if sampler is not None else DDPMSampler()
         self.prediction, self.optimizer, self.lr_warmup_steps, self.vlb_bpd = prediction, optimizer, lr_warmup_steps, vlb_bpd
+        self.dequantize = dequantize
         self.guidance_scale = 1.0
 
     @property
@@ -104,6 +107,7 @@ class DDPM(GenerativeModel):
                 f"diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0), but {dm.dataset_name} "
                 f"yields {tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
             )
+        self.check_dequantize(dm, self.dequantize)
         want = dm.num_classes if self.conditional else None
         have = getattr(self.net, "num_classes", None)
         if have != want:
@@ -147,6 +151,8 @@ class DDPM(GenerativeModel):
 
     def loss(self, x0: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
         self.schedule.to(x0.device)
+        if self.dequantize:
+            x0 = dequantize_in_range(x0, self.value_range, generator)
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device, generator=generator)
         return losses.diffusion_simple_loss(self.net, self.schedule, x0, t, self.prediction, labels, generator)
 
@@ -258,11 +264,12 @@ class ConditionalDDPM(DDPM):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
         vlb_bpd: bool = False,
+        dequantize: bool = False,
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
     ):
-        super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, predict_seed)
+        super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, dequantize, predict_seed)
         self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 

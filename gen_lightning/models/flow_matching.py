@@ -38,6 +38,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from gen_lightning.errors import ConfigError
+from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.ode import EulerSampler, ODESampler, ode_log_prob, standard_normal_log_prob
 
@@ -72,6 +73,7 @@ class FlowMatching(GenerativeModel):
         reflow_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
+        dequantize: bool = False,
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -85,7 +87,7 @@ class FlowMatching(GenerativeModel):
         self.net = net
         self.sampler = sampler if sampler is not None else EulerSampler(50)
         self.coupling, self.sigma_min, self.reflow_from = coupling, sigma_min, reflow_from
-        self.optimizer, self.lr_warmup_steps = optimizer, lr_warmup_steps
+        self.optimizer, self.lr_warmup_steps, self.dequantize = optimizer, lr_warmup_steps, dequantize
         self.guidance_scale = 1.0
         self._teacher: list[FlowMatching] = []  # reflow's frozen teacher, kept out of the state_dict
 
@@ -96,6 +98,7 @@ class FlowMatching(GenerativeModel):
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
+        self.check_dequantize(dm, self.dequantize)
         want = dm.num_classes if self.conditional else None
         have = getattr(self.net, "num_classes", None)
         if have != want:
@@ -145,6 +148,8 @@ class FlowMatching(GenerativeModel):
         return x0, x1
 
     def loss(self, x1: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.dequantize:
+            x1 = dequantize_in_range(x1, self.value_range, generator)
         x0, x1 = self.pairs(x1, labels, generator)
         t = torch.rand(x1.shape[0], generator=generator, device=x1.device)
         tb = t.view(-1, *([1] * (x1.ndim - 1)))
@@ -232,11 +237,12 @@ class ConditionalFlowMatching(FlowMatching):
         reflow_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
+        dequantize: bool = False,
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
     ):
-        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, predict_seed)
+        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, dequantize, predict_seed)
         self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 

@@ -25,9 +25,14 @@ Value range: images in [-1, 1] (DESIGN.md's convention for NCSN). NCSN's code us
 its eps (6.2e-6) becomes 4 x 6.2e-6 = 2.48e-5 (alpha scales with sigma^2). GMM data has no range.
 
 `val/loss` and `test/loss` are the DSM loss on held-out data with the noise levels and noise drawn
-from a generator seeded by the batch index, so they are comparable from epoch to epoch. A score model
-defines no normalized density here (that needs the probability-flow ODE), so NLL/bits-per-dim and
-KL(data || model) are omitted; sample metrics (GMMMetrics, ClassifierMetrics) come from callbacks.
+from a generator seeded by the batch index, so they are comparable from epoch to epoch. Sample metrics
+(GMMMetrics, ClassifierMetrics) come from callbacks.
+
+Likelihood: the score defines a density through the probability-flow ODE of the variance-exploding SDE
+(Song et al. 2021, eq. 13 with g^2 = d sigma^2 / dt): dx/dsigma = -sigma s(x, sigma), from the data at sigma_L
+to sigma_1, where p is taken to be N(0, sigma_1^2 I) (`ode_log_prob`; the ODELikelihood callback turns it into
+test/nll_nats, bits/dim and KL(data || model)). The density is that of the data blurred by sigma_L, so for
+8-bit images train with `dequantize: true` (the flows' (k + u)/256) and evaluate on dequantized digits.
 
 EMA: add `lightning.pytorch.callbacks.EMAWeightAveraging` to the callbacks (after SampleGrid);
 validation, the sample grid and checkpoints then use the averaged weights (NCSNv2 Technique 5).
@@ -43,18 +48,15 @@ from torch import nn
 
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
+from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.langevin import AnnealedLangevin
+from gen_lightning.samplers.ode import ode_log_prob, standard_normal_log_prob
 from gen_lightning.samplers.sigmas import GeometricSigmas
 
 T_MAX = 999.0  # t(sigma_1): DDPM's largest timestep index (T = 1000), the range the sinusoidal embedding expects
 
-NO_LIKELIHOOD = "NCSN learns a score, not a normalized density (that would need the probability-flow ODE)"
-OMITTED_METRICS = {
-    "test/nll_nats": NO_LIKELIHOOD,
-    "test/bpd": NO_LIKELIHOOD,
-    "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
-}
+NO_LIKELIHOOD = "NCSN's density is that of its probability-flow ODE, which needs the ODELikelihood callback"
 
 
 class NCSN(GenerativeModel):
@@ -72,6 +74,7 @@ class NCSN(GenerativeModel):
         sampler: AnnealedLangevin,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        dequantize: bool = False,
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -79,9 +82,8 @@ class NCSN(GenerativeModel):
             raise ConfigError(f"NCSN is unconditional but the net has num_classes={net.num_classes}; set its num_classes: null")
         self.save_hyperparameters()
         self.net, self.sigmas, self.sampler = net, sigmas, sampler
-        self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
+        self.optimizer_callable, self.scheduler_callable, self.dequantize = optimizer, scheduler, dequantize
         self.network_evaluations_per_sample = sampler.network_evaluations(sigmas)
-        self.omitted_metrics = dict(OMITTED_METRICS)
         self.metric_conventions = {
             "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
                          "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
@@ -96,6 +98,7 @@ class NCSN(GenerativeModel):
                 f"NCSN's sigmas and step sizes are set for images in [-1, 1], but {dm.dataset_name} yields "
                 f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
             )
+        self.check_dequantize(dm, self.dequantize)
         data_shape = tuple(dm.data_shape)
         x = torch.zeros(2, *data_shape, device=self.device)
         try:
@@ -107,6 +110,11 @@ class NCSN(GenerativeModel):
         if tuple(out.shape[1:]) != data_shape:
             raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} for data of shape {shape_text(data_shape)}; "
                               "a score has the data's shape: set the net's out_channels to the data's channels")
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        if "test/nll_nats" not in self.metric_conventions:  # callbacks.ODELikelihood, when configured, logs it
+            self.omitted_metrics.update(dict.fromkeys(("test/nll_nats", "test/bpd", "test/kl_data_model"), NO_LIKELIHOOD))
 
     # ---- the score ------------------------------------------------------------------------
     def noise_t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -120,6 +128,8 @@ class NCSN(GenerativeModel):
 
     def dsm(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The DSM loss of a batch, one noise level sigma ~ U{sigma_1..sigma_L} and one z ~ N(0, I) per example."""
+        if self.dequantize:
+            x0 = dequantize_in_range(x0, self.value_range, generator)
         levels = self.sigmas.to(x0.device)
         i = torch.randint(0, len(levels), (x0.shape[0],), device=x0.device, generator=generator)
         z = torch.randn(x0.shape, device=x0.device, generator=generator)
@@ -149,6 +159,20 @@ class NCSN(GenerativeModel):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.log("test/loss", self.held_out_loss(batch, batch_idx), batch_size=batch[0].shape[0])
+
+    def ode_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50, probes: int | None = 1,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) per example (B,), nats, by the probability-flow ODE dx/dsigma = -sigma s(x, sigma) from sigma_L to
+        sigma_1 (Heun on `steps` geometric intervals), with p_sigma_1 = N(0, sigma_1^2 I); `probes` Hutchinson
+        probes, None: the exact trace. Used by callbacks.ODELikelihood."""
+        lo, hi = self.sigmas.sigma_min, self.sigmas.sigma_max
+        levels = [lo * (hi / lo) ** (k / steps) for k in range(steps + 1)]
+
+        def field(y: torch.Tensor, sigma: float) -> torch.Tensor:
+            return -sigma * self.score(y, torch.full((y.shape[0],), sigma, device=y.device))
+
+        with eval_mode(self.net):
+            return ode_log_prob(field, x.to(self.device), levels, lambda y: standard_normal_log_prob(y, hi**2), probes, generator)
 
     # ---- sampling -----------------------------------------------------------------------
     @torch.no_grad()

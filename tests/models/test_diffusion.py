@@ -113,3 +113,23 @@ def test_vlb_bits_per_dim_of_an_untrained_net():
     assert bpd.shape == (2,) and torch.isfinite(bpd).all() and (bpd > 0).all()
     torch.manual_seed(0)
     assert torch.equal(bpd, model.vlb_bits_per_dim(x0))
+
+
+def test_dequantize_trains_on_8bit_images_spread_over_their_bins(monkeypatch):
+    from gen_lightning import losses
+
+    class Zero(torch.nn.Module):
+        num_classes = None
+
+        def forward(self, x, t, labels=None):
+            return torch.zeros_like(x)
+
+    seen = []
+    monkeypatch.setattr(losses, "diffusion_simple_loss", lambda net, schedule, x0, *a: (seen.append(x0), x0.sum())[1])
+    model = DDPM(Zero(), dequantize=True)
+    model.bind_data(SimpleNamespace(**vars(_dm(shape=(1, 4, 4), value_range=(-1.0, 1.0))), binarize="none"))
+    k = torch.randint(0, 256, (64, 1, 4, 4), generator=torch.Generator().manual_seed(0)).double()
+    model.loss(-1 + 2 * k / 255, None, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.floor((seen[0] + 1) / 2 * 256), k)
+    with pytest.raises(ConfigError, match="set dequantize: false"):
+        DDPM(Zero(), dequantize=True).bind_data(SimpleNamespace(**vars(_dm()), binarize="none"))

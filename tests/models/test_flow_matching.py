@@ -135,3 +135,33 @@ def test_log_prob_of_the_untrained_net_is_the_standard_normal():
     want = -0.5 * (x**2).sum(1) - math.log(2 * math.pi)
     assert torch.allclose(model.ode_log_prob(x, steps=5, probes=None), want, atol=1e-5)
     assert torch.allclose(model.ode_log_prob(x, steps=5, generator=torch.Generator().manual_seed(0)), want, atol=1e-5)
+
+
+class ShapeNet(nn.Module):
+    """A net for any shape that predicts zero (the dequantization tests look only at the data the loss sees)."""
+
+    num_classes = None
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, labels=None):
+        return self.w * x
+
+
+def test_dequantize_trains_on_8bit_images_spread_over_their_bins_and_refuses_other_data():
+    model = FlowMatching(ShapeNet(), dequantize=True)
+    image_dm = SimpleNamespace(**vars(_dm(shape=(1, 4, 4), value_range=(-1.0, 1.0))), binarize="none")
+    model.bind_data(image_dm)
+    k = torch.randint(0, 256, (64, 1, 4, 4), generator=torch.Generator().manual_seed(0)).double()
+    seen = []
+    model.pairs = lambda x1, labels, generator: (seen.append(x1), (torch.zeros_like(x1), x1))[1]
+    model.loss(-1 + 2 * k / 255, None, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.floor((seen[0] + 1) / 2 * 256), k)  # in bin k of [-1, 1), not on the grid point
+    assert not torch.allclose(seen[0], -1 + 2 * k / 255, atol=1e-3)
+    two_d = SimpleNamespace(**vars(_dm()), binarize="none")
+    binarized = SimpleNamespace(**{**vars(image_dm), "binarize": "dynamic"})
+    for dm in (two_d, binarized):
+        with pytest.raises(ConfigError, match="set dequantize: false"):
+            FlowMatching(ShapeNet(), dequantize=True).bind_data(dm)
