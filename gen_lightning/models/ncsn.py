@@ -4,7 +4,8 @@ A network learns the score of the data blurred by Gaussian noise of every level 
 geometric sequence (`GeometricSigmas`), by denoising score matching with lambda(sigma) = sigma^2
 (Song & Ermon 2019, eq. 5-6; `losses.dsm_loss`). Samples come from annealed Langevin dynamics
 from sigma_1 down to sigma_L (`AnnealedLangevin`, NCSN alg. 1 with NCSNv2's step sizes and a final
-denoising step).
+denoising step), or, with an ODE sampler (samplers/ode.py HeunSampler, EulerSampler), from the
+probability-flow ODE in a few dozen evaluations (`ode_sample`, then the same denoising step).
 
 The score network. The injected `net` is a plain `forward(x, t, labels=None)` (nets/unet.py UNet
 for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data) and
@@ -51,7 +52,7 @@ from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.langevin import AnnealedLangevin
-from gen_lightning.samplers.ode import ode_log_prob, standard_normal_log_prob
+from gen_lightning.samplers.ode import ODESampler, ode_log_prob, standard_normal_log_prob
 from gen_lightning.samplers.sigmas import GeometricSigmas
 
 T_MAX = 999.0  # t(sigma_1): DDPM's largest timestep index (T = 1000), the range the sinusoidal embedding expects
@@ -71,7 +72,7 @@ class NCSN(GenerativeModel):
         self,
         net: nn.Module,
         sigmas: GeometricSigmas,
-        sampler: AnnealedLangevin,
+        sampler: AnnealedLangevin | ODESampler,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         dequantize: bool = False,
@@ -83,12 +84,18 @@ class NCSN(GenerativeModel):
         self.save_hyperparameters()
         self.net, self.sigmas, self.sampler = net, sigmas, sampler
         self.optimizer_callable, self.scheduler_callable, self.dequantize = optimizer, scheduler, dequantize
-        self.network_evaluations_per_sample = sampler.network_evaluations(sigmas)
         self.metric_conventions = {
             "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
                          "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
-            "sampler": f"{sampler!r} over {sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample",
+            "sampler": f"{sampler!r} over {sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample"
+                       + (" (the probability-flow ODE, then Tweedie's denoising step at sigma_L)" if isinstance(sampler, ODESampler) else ""),
         }
+
+    @property
+    def network_evaluations_per_sample(self) -> int:
+        if isinstance(self.sampler, ODESampler):
+            return self.sampler.evaluations + 1  # the final denoising step
+        return self.sampler.network_evaluations(self.sigmas)
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
@@ -174,6 +181,23 @@ class NCSN(GenerativeModel):
         with eval_mode(self.net):
             return ode_log_prob(field, x.to(self.device), levels, lambda y: standard_normal_log_prob(y, hi**2), probes, generator)
 
+    def ode_sample(self, shape: tuple[int, ...], generator: torch.Generator | None, return_trajectory: bool):
+        """The probability-flow ODE from x ~ N(0, sigma_1^2 I) at sigma_1 to sigma_L, in tau = log(sigma_1 / sigma) /
+        log(sigma_1 / sigma_L) in [0, 1] (equal steps in tau are geometric in sigma): dx/dtau = sigma^2 log(sigma_1 /
+        sigma_L) s(x, sigma). Then Tweedie's step x + sigma_L^2 s(x, sigma_L), as the Langevin sampler's `denoise`."""
+        hi, lo = self.sigmas.sigma_max, self.sigmas.sigma_min
+        log_ratio = math.log(hi / lo)
+
+        def field(x: torch.Tensor, tau: float) -> torch.Tensor:
+            sigma = hi * math.exp(-tau * log_ratio)
+            return sigma**2 * log_ratio * self.score(x, torch.full((x.shape[0],), sigma, device=x.device))
+
+        x_init = hi * torch.randn(shape, generator=generator, device=self.device)
+        out = self.sampler.sample(field, shape, x_init=x_init, return_trajectory=return_trajectory)
+        x, trajectory = out if return_trajectory else (out, None)
+        x = x + lo**2 * self.score(x, torch.full((shape[0],), lo, device=x.device))
+        return (x, torch.cat([trajectory, x.cpu()[None]])) if return_trajectory else x
+
     # ---- sampling -----------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -188,9 +212,13 @@ class NCSN(GenerativeModel):
             raise ConfigError(f"the number of samples must be >= 1, got {n}")
         if self.data_shape is None:
             raise ConfigError("the model has no data shape yet; fit it, load a checkpoint, or call bind_data(dm) first")
+        shape = (n, *self.data_shape)
         with eval_mode(self.net):
-            out = self.sampler(self.score, self.sigmas, (n, *self.data_shape), device=self.device, generator=generator,
-                               return_trajectory=return_trajectory)
+            if isinstance(self.sampler, ODESampler):
+                out = self.ode_sample(shape, generator, return_trajectory)
+            else:
+                out = self.sampler(self.score, self.sigmas, shape, device=self.device, generator=generator,
+                                   return_trajectory=return_trajectory)
         x, trajectory = out if return_trajectory else (out, None)
         x = x if self.value_range is None else x.clamp(*self.value_range)
         return (x, trajectory) if return_trajectory else x

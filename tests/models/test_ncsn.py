@@ -181,3 +181,21 @@ def test_dequantize_trains_on_8bit_images_spread_over_their_bins(monkeypatch):
     assert torch.equal(torch.floor((seen[0] + 1) / 2 * 256), k)
     with pytest.raises(ConfigError, match="set dequantize: false"):
         NCSN(DenoiserMLP(dim=2, hidden=8, depth=1, time_embed_dim=8), sigmas, AnnealedLangevin(), dequantize=True).bind_data(gmm_data(16))
+
+
+def test_ode_sampler_with_the_oracle_maps_the_prior_draw_by_the_closed_form():
+    """Data ~ N(0, s0^2 I): the flow of p_sigma = N(0, (s0^2 + sigma^2) I) scales x by sqrt((s0^2 + sigma^2) / (s0^2 + sigma_1^2)),
+    and Tweedie's step at sigma_L multiplies by s0^2 / (s0^2 + sigma_L^2); x(sigma_1) = sigma_1 z with z from the generator."""
+    from gen_lightning.samplers.ode import HeunSampler
+
+    s0, hi, lo = 0.5, 50.0, 0.01
+    sigmas = GeometricSigmas(sigma_max=hi, sigma_min=lo, num_levels=10)
+    model = NCSN(OracleForGaussian(sigmas, s0), sigmas, HeunSampler(num_steps=200))
+    model.bind_data(gmm_data(n_train=16))
+    assert model.network_evaluations_per_sample == 2 * 200 + 1
+    x = model.sample(256, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(256, 2, generator=torch.Generator().manual_seed(3))
+    expected = hi * z * ((s0**2 + lo**2) / (s0**2 + hi**2)) ** 0.5 * s0**2 / (s0**2 + lo**2)
+    torch.testing.assert_close(x, expected, atol=1e-4, rtol=3e-3)  # 2% at 50 steps, second order
+    y, trajectory = model.sample(4, generator=torch.Generator().manual_seed(0), return_trajectory=True)
+    assert trajectory.shape == (200 + 2, 4, 2) and torch.equal(trajectory[-1], y)
