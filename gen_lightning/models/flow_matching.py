@@ -12,7 +12,8 @@ linear interpolation and I-CFM with sigma = 0). The pairing of a batch (`couplin
 - "ot": the batch's noise reordered by the exact optimal assignment under squared Euclidean cost
   (OT-CFM; scipy's `linear_sum_assignment`), which straightens the learned paths;
 - reflow (`reflow_from`, a trained flow matching checkpoint): x1 is the teacher's own ODE solution
-  from x0, the pairs of rectified flow's second stage (Liu et al. sec. 2.2), drawn per batch.
+  from x0, the pairs of rectified flow's second stage (Liu et al. sec. 2.2), drawn per batch; the student
+  starts from the teacher's weights (`reflow_init`), as Liu et al. fine-tune the 2-rectified flow.
 
 Sampling integrates dx/dt = v(x, t) from 0 to 1 with an ODE sampler (samplers/ode.py: Euler, Heun).
 The networks (UNet, DenoiserMLP) embed time sinusoidally with periods made for 0..1000, so they are
@@ -74,6 +75,7 @@ class FlowMatching(GenerativeModel):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
         dequantize: bool = False,
+        reflow_init: bool = True,
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -86,7 +88,7 @@ class FlowMatching(GenerativeModel):
         self.save_hyperparameters()
         self.net = net
         self.sampler = sampler if sampler is not None else EulerSampler(50)
-        self.coupling, self.sigma_min, self.reflow_from = coupling, sigma_min, reflow_from
+        self.coupling, self.sigma_min, self.reflow_from, self.reflow_init = coupling, sigma_min, reflow_from, reflow_init
         self.optimizer, self.lr_warmup_steps, self.dequantize = optimizer, lr_warmup_steps, dequantize
         self.guidance_scale = 1.0
         self._teacher: list[FlowMatching] = []  # reflow's frozen teacher, kept out of the state_dict
@@ -129,6 +131,12 @@ class FlowMatching(GenerativeModel):
             teacher = type(self).load_from_checkpoint(self.reflow_from, map_location=self.device, weights_only=False)
             teacher.requires_grad_(False).eval()
             self._teacher.append(teacher)
+            if self.reflow_init:  # Liu et al. fine-tune the 2-rectified flow from the 1-rectified one
+                try:
+                    self.net.load_state_dict(teacher.net.state_dict())
+                except RuntimeError as e:
+                    raise ConfigError(f"reflow_init copies the teacher's net into the student, but they differ "
+                                      f"({str(e).splitlines()[0]}); give them one architecture or set reflow_init: false") from None
 
     # ---- training ---------------------------------------------------------------------------
     def training_labels(self, y: torch.Tensor) -> torch.Tensor | None:
@@ -238,11 +246,13 @@ class ConditionalFlowMatching(FlowMatching):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_warmup_steps: int = 0,
         dequantize: bool = False,
+        reflow_init: bool = True,
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
     ):
-        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, dequantize, predict_seed)
+        super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, dequantize, reflow_init,
+                         predict_seed)
         self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 

@@ -165,3 +165,32 @@ def test_dequantize_trains_on_8bit_images_spread_over_their_bins_and_refuses_oth
     for dm in (two_d, binarized):
         with pytest.raises(ConfigError, match="set dequantize: false"):
             FlowMatching(ShapeNet(), dequantize=True).bind_data(dm)
+
+
+def _save_checkpoint(model, path):
+    import lightning
+
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_reflow_starts_from_the_teachers_weights_and_refuses_another_architecture(tmp_path):
+    torch.manual_seed(0)
+    teacher = _model()
+    for p in teacher.net.parameters():  # a non-trivial teacher (the output layer starts at zero)
+        torch.nn.init.normal_(p, std=0.3)
+    ckpt = _save_checkpoint(teacher, tmp_path / "teacher.ckpt")
+    student = _model(reflow_from=ckpt)
+    assert not all(torch.equal(a, b) for a, b in zip(student.net.state_dict().values(), teacher.net.state_dict().values()))
+    student.setup("fit")
+    for a, b in zip(student.net.state_dict().values(), teacher.net.state_dict().values()):
+        assert torch.equal(a, b)
+    fresh = _model(reflow_from=ckpt, reflow_init=False)
+    fresh.setup("fit")
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.net.state_dict().values(), teacher.net.state_dict().values()))
+    wide = _model(net=DenoiserMLP(dim=2, hidden=48, depth=2, time_embed_dim=16), reflow_from=ckpt)
+    with pytest.raises(ConfigError, match="reflow_init: false"):
+        wide.setup("fit")
