@@ -21,6 +21,7 @@ import math
 import lightning as L
 import torch
 
+from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range, dequantized_bits_per_dim
 
@@ -51,7 +52,7 @@ class ODELikelihood(L.Callback):
             pl_module.metric_conventions["test/bpd"] = "(nll of y = (k + u)/256 in [0, 1) + D ln 256) / (D ln 2)"
         else:
             pl_module.omitted_metrics["test/bpd"] = "bits/dim applies to 8-bit images"
-        if not callable(getattr(dm, "log_prob", None)):
+        if not has_density(dm):
             pl_module.omitted_metrics["test/kl_data_model"] = f"{dm.dataset_name} has no exact density"
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -72,8 +73,7 @@ class ODELikelihood(L.Callback):
         metrics = {"test/nll_nats": nll}
         if images:
             metrics["test/bpd"] = dequantized_bits_per_dim(nll, math.prod(pl_module.data_shape), pl_module.value_range)
-        log_p_data = getattr(trainer.datamodule, "log_prob", None)
-        if callable(log_p_data):
-            metrics["test/kl_data_model"] = log_p_data(x).to(nll) + nll
+        if has_density(trainer.datamodule):
+            metrics["test/kl_data_model"] = trainer.datamodule.log_prob(x).to(nll) + nll
         for name, value in metrics.items():
             pl_module.log(name, value.mean(), batch_size=x.shape[0])

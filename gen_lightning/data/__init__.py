@@ -1,6 +1,7 @@
-"""Shared DataModules. Each exposes `data_shape`, `num_classes` and `value_range` (see base.py)."""
+"""Shared DataModules. Each keeps the `GenerativeData` protocol (base.py): `data_shape`, `num_classes`,
+`value_range`, `binarize`, `describe()` and, where the data has one, an exact `log_prob`."""
 
-from gen_lightning.data.base import ImageDataModule
+from gen_lightning.data.base import GenerativeData, ImageDataModule, has_density
 from gen_lightning.data.cifar10 import CIFAR10DataModule
 from gen_lightning.data.gmm import GaussianMixture, GMMDataModule
 from gen_lightning.data.image_folder import ImageFolderDataModule
@@ -10,7 +11,9 @@ __all__ = [
     "CIFAR10DataModule",
     "GMMDataModule",
     "GaussianMixture",
+    "GenerativeData",
     "ImageDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "has_density",
 ]

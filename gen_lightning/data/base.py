@@ -14,7 +14,7 @@ there is one. Nothing is converted one PIL image at a time.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -24,6 +24,28 @@ from gen_lightning.errors import ConfigError
 
 Binarize = Literal["none", "dynamic", "threshold"]
 ValueRange = Literal["0,1", "-1,1"]
+
+
+@runtime_checkable
+class GenerativeData(Protocol):
+    """What a model reads from its DataModule (`GenerativeModel.bind_data`), and all it may read.
+
+    `log_prob(x) -> (B,)` nats is optional: the data's exact density, where it has one (GMMDataModule),
+    for KL(data || model); test it with `has_density(dm)`, never with `hasattr`.
+    """
+
+    dataset_name: str
+    data_shape: tuple[int, ...]           # (C, H, W) for images, (2,) for 2-D GMM
+    num_classes: int | None               # None: no labels
+    value_range: tuple[float, float] | None  # of the x it yields; None when unbounded
+    binarize: Binarize                    # "none" for 8-bit values and continuous data
+
+    def describe(self) -> dict: ...
+
+
+def has_density(dm) -> bool:
+    """Whether the DataModule knows its data's exact log-density (`dm.log_prob(x)`), as GMMDataModule does."""
+    return callable(getattr(dm, "log_prob", None))
 
 
 class TensorPairDataset(Dataset):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import Likelihood, _is_8bit_image_in_unit_range
 from gen_lightning.models.base import GenerativeModel, eval_mode
@@ -193,7 +194,7 @@ class AutoregressiveModel(GenerativeModel):
         super().bind_data(dm)
         self.param_shape = self.likelihood.param_shape(self.data_shape)
         self.network_evaluations_per_sample = math.prod(self.data_shape)  # one per conditional
-        self.data_has_density = callable(getattr(dm, "log_prob", None))
+        self.data_has_density = has_density(dm)
         self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
         self.metric_conventions.update(self._metric_conventions())
 

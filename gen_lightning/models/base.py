@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from gen_lightning.data.base import GenerativeData
 from gen_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 
 
@@ -91,7 +92,7 @@ class GenerativeModel(L.LightningModule):
         if dm is not None:
             self.bind_data(dm)
 
-    def bind_data(self, dm) -> None:
+    def bind_data(self, dm: GenerativeData) -> None:
         """Read the DataModule's contract, check it fits this model, and build what depends on it."""
         self.check_data(dm)
         self.data_shape = tuple(dm.data_shape)
@@ -104,7 +105,7 @@ class GenerativeModel(L.LightningModule):
                 "use a labeled dataset or the unconditional model"
             )
 
-    def check_data(self, dm) -> None:
+    def check_data(self, dm: GenerativeData) -> None:
         """Families override this to refuse data they cannot model; the default accepts anything."""
 
     def check_labels(self, labels: torch.Tensor | None) -> None:

@@ -39,6 +39,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, shape_text
@@ -244,7 +245,7 @@ class EBM(GenerativeModel):
         if self.has_density:
             log_p_model = self.log_prob(x)
             metrics["test/nll_nats"] = -log_p_model.mean()
-            if hasattr(self.trainer.datamodule, "log_prob"):  # synthetic data with an exact density (GMM)
+            if has_density(self.trainer.datamodule):  # synthetic data with an exact density (GMM)
                 metrics["test/kl_data_model"] = (self.trainer.datamodule.log_prob(x).to(x) - log_p_model).mean()
         self.log_dict(metrics, batch_size=x.shape[0])
 

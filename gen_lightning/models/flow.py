@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
+from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import bits_per_dim, uniform_dequantize
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
@@ -112,7 +113,7 @@ class Flow(GenerativeModel):
                     f"a flow dequantizes 8-bit images in [0, 1], but {dm.dataset_name} yields {dm.value_range}; "
                     "set data.init_args.value_range: \"0,1\""
                 )
-            if getattr(dm, "binarize", "none") != "none":
+            if dm.binarize != "none":
                 raise ConfigError(
                     f"a flow models 8-bit intensities, but {dm.dataset_name} is binarized ({dm.binarize}); "
                     "set data.init_args.binarize: none"
@@ -145,7 +146,7 @@ class Flow(GenerativeModel):
 
     def bind_data(self, dm) -> None:
         super().bind_data(dm)
-        self.data_has_density = callable(getattr(dm, "log_prob", None))
+        self.data_has_density = has_density(dm)
         # callbacks set up before the model may have added entries of their own: update, never replace
         self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
         self.metric_conventions.update(self._metric_conventions())

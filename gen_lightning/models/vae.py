@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
+from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import Likelihood
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
@@ -123,7 +124,7 @@ class VAE(GenerativeModel):
 
     def bind_data(self, dm) -> None:
         super().bind_data(dm)
-        self.data_has_density = callable(getattr(dm, "log_prob", None))
+        self.data_has_density = has_density(dm)
         # callbacks set up before the model may have added entries of their own: update, never replace
         self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
         self.metric_conventions.update(self._metric_conventions())
