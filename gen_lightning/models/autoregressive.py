@@ -279,9 +279,7 @@ class AutoregressiveModel(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n ancestral samples `(n, *data_shape)` drawn with `generator` in eval mode: D network evaluations."""
-        self.check_labels(labels)
-        if n < 1:
-            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        self.check_sample_args(n, labels)
         with eval_mode(self):
             x = self.net.sample(n, self.likelihood, generator=generator)
         return x.view(n, *self.data_shape)

@@ -280,9 +280,7 @@ class EBM(GenerativeModel):
         from_buffer: bool = False,
     ) -> torch.Tensor:
         """n samples `(n, *data_shape)`: `sample_steps` SGLD steps from uniform noise, or from buffer entries."""
-        self.check_labels(labels)
-        if n < 1:
-            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        self.check_sample_args(n, labels)
         if from_buffer:
             x0 = self.replay[torch.randint(0, self.buffer_size, (n,), generator=generator, device=self.device)]
         else:

@@ -275,9 +275,7 @@ class Flow(GenerativeModel):
 
         T is `temperature`, or `sample_temperature` when it is None.
         """
-        self.check_labels(labels)
-        if n < 1:
-            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        self.check_sample_args(n, labels)
         t = self.sample_temperature if temperature is None else temperature
         if t <= 0:
             raise ConfigError(f"temperature must be > 0, got {t}")

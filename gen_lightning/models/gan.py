@@ -278,13 +278,9 @@ class GAN(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples `(n, *data_shape)` from G in eval mode, z ~ N(0, I) drawn with `generator`."""
-        self.check_labels(labels)
-        if n < 1:
-            raise ConfigError(f"the number of samples must be >= 1, got {n}")
-        if labels is not None and tuple(labels.shape) != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        labels = self.check_sample_args(n, labels)
         with eval_mode(self.generator):
-            x = self.generate(n, None if labels is None else labels.to(self.device), generator)
+            x = self.generate(n, labels, generator)
         return x if self.value_range is None else x.clamp(*self.value_range)
 
 

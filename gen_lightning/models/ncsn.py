@@ -207,11 +207,7 @@ class NCSN(GenerativeModel):
         With `return_trajectory`, also the (unclamped) start, the state after each noise level and the denoised
         state, `(L + 2, n, *data_shape)` (`L + 1` when the sampler does not denoise): a strip for figures.
         """
-        self.check_labels(labels)
-        if n < 1:
-            raise ConfigError(f"the number of samples must be >= 1, got {n}")
-        if self.data_shape is None:
-            raise ConfigError("the model has no data shape yet; fit it, load a checkpoint, or call bind_data(dm) first")
+        self.check_sample_args(n, labels)
         shape = (n, *self.data_shape)
         with eval_mode(self.net):
             if isinstance(self.sampler, ODESampler):

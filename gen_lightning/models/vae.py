@@ -271,9 +271,7 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples `(n, *data_shape)`: z ~ N(0, I) drawn with `generator`, decoded in eval mode."""
-        self.check_labels(labels)
-        if n < 1:
-            raise ConfigError(f"the number of samples must be >= 1, got {n}")
+        self.check_sample_args(n, labels)
         z = torch.randn(n, self.latent_dim, device=self.device, generator=generator)
         with eval_mode(self):
             params = self.decode(z)

@@ -1,6 +1,5 @@
 """MADE with mixture-of-Gaussians conditionals as a user runs it: `gen fit` then `gen test` on made_gmm.yaml."""
 
-import torch
 from conftest import CONFIGS, read_metrics
 
 from gen_lightning.cli import main

@@ -1,6 +1,5 @@
 """NCSN as a user runs it: `gen fit` then `gen test` on configs/ncsn_gmm.yaml (grid25), shortened."""
 
-import pytest
 import torch
 import yaml
 from conftest import CONFIGS, read_metrics

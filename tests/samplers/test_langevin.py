@@ -4,7 +4,6 @@ The Langevin tests use the exact score of a Gaussian blurred at level sigma: for
 x + sigma z ~ N(mu, (s^2 + sigma^2) I), whose score is -(x - mu) / (s^2 + sigma^2).
 """
 
-import math
 
 import pytest
 import torch
