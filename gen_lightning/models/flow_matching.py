@@ -41,7 +41,7 @@ from torch import nn
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
-from gen_lightning.samplers.ode import EulerSampler, ODESampler, ode_log_prob, standard_normal_log_prob
+from gen_lightning.samplers.ode import EulerSampler, ODESampler, likelihood_grid, ode_log_prob, standard_normal_log_prob
 
 TIME_SCALE = 1000.0  # the net sees 1000 t: its sinusoidal time embedding resolves 0..1000 (as DDPM's 0..999 steps)
 Coupling = Literal["independent", "ot"]
@@ -189,9 +189,10 @@ class FlowMatching(GenerativeModel):
     def ode_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 50, probes: int | None = 1,
                      generator: torch.Generator | None = None) -> torch.Tensor:
         """log p(x) per example (B,), nats, of continuous x by the probability-flow ODE from t = 1 back to t = 0
-        (Heun, `steps` steps; `probes` Hutchinson probes, None: the exact trace). Used by callbacks.ODELikelihood."""
+        (Heun, `steps` steps at t = 1 - u_k of samplers.ode.likelihood_grid; `probes` Hutchinson probes, None: the
+        exact trace). Used by callbacks.ODELikelihood."""
         labels = None if labels is None else labels.to(self.device)
-        times = [1.0 - k / steps for k in range(steps + 1)]
+        times = [1.0 - u for u in likelihood_grid(steps)]  # fine steps at the data end, t = 1
         with eval_mode(self.net):
             return ode_log_prob(self.velocity(labels), x, times, standard_normal_log_prob, probes, generator)
 

@@ -176,6 +176,17 @@ def _ode_log_prob(field, x, times, prior_log_prob, probes, generator) -> torch.T
     return prior_log_prob(x) + integral.float()
 
 
+def likelihood_grid(steps: int, power: float = 3.0) -> list[float]:
+    """Fractions u_k = (k / steps)^power, k = 0..steps, of the way from the data (u = 0) to the noise (u = 1): the
+    steps of a likelihood integration. A model of dequantized 8-bit data has a stiff field at the data end (it must
+    put each pixel's mass into a bin 1/256 wide), so equal steps there under-resolve the divergence: on the MNIST
+    flow matching recipe, 50 equal Heun steps gave 0.94 bits/dim, 200 gave 1.56, while power 3 gives 1.64, 1.67,
+    1.67 at 50, 100, 200 steps (docs/results/flow_matching.md)."""
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    return [(k / steps) ** power for k in range(steps + 1)]
+
+
 def standard_normal_log_prob(x: torch.Tensor, variance: float = 1.0) -> torch.Tensor:
     d = x[0].numel()
     return -0.5 * (x.flatten(1).float() ** 2).sum(1) / variance - 0.5 * d * math.log(2 * math.pi * variance)
@@ -188,13 +199,17 @@ def ddpm_ode_log_prob(denoiser, x: torch.Tensor, num_steps: int = 100, probes: i
     With y = x_t / sqrt(alpha_bar_t) and s_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the deterministic
     DDIM sampler is Euler's method for dy/ds = eps_hat(sqrt(alpha_bar_t) y, t). The model's density of the
     data is that of y at the first timestep (s_0 = 0.01 for the linear schedule); at the last one
-    y ~ N(0, (1 + s^2) I), since x_T ~ N(0, I). Heun's rule runs on `num_steps` intervals of timesteps
-    0 .. T-1, where the network was trained, with the unclipped eps prediction (`denoiser.clip_range` None).
+    y ~ N(0, (1 + s^2) I), since x_T ~ N(0, I). Heun's rule runs on the timesteps nearest to `num_steps` equal
+    steps in log s (distinct ones: near t = 0, where s grows fastest, every timestep is used), where the network was
+    trained, with the unclipped eps prediction (`denoiser.clip_range` None). Equal steps in t under-resolve the data
+    end, where the field of dequantized images is stiff (see `likelihood_grid`).
     """
     schedule = denoiser.schedule
     T = schedule.num_steps
-    steps = sorted({round(k * (T - 1) / num_steps) for k in range(num_steps + 1)})
     ab = schedule.alpha_bar_f64
+    log_s = 0.5 * torch.log((1 - ab) / ab)  # (T,), increasing
+    targets = torch.linspace(log_s[0].item(), log_s[-1].item(), num_steps + 1, dtype=log_s.dtype)
+    steps = sorted({int(torch.argmin((log_s - v).abs())) for v in targets})  # equal steps in log s, on trained timesteps
     s_of = {t: math.sqrt((1 - ab[t].item()) / ab[t].item()) for t in steps}
     t_of = {s: t for t, s in s_of.items()}
 
