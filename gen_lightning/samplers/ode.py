@@ -205,7 +205,6 @@ def ddpm_ode_log_prob(denoiser, x: torch.Tensor, num_steps: int = 100, probes: i
     end, where the field of dequantized images is stiff (see `likelihood_grid`).
     """
     schedule = denoiser.schedule
-    T = schedule.num_steps
     ab = schedule.alpha_bar_f64
     log_s = 0.5 * torch.log((1 - ab) / ab)  # (T,), increasing
     targets = torch.linspace(log_s[0].item(), log_s[-1].item(), num_steps + 1, dtype=log_s.dtype)
