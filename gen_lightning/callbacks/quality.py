@@ -21,6 +21,7 @@ import time
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 
 from gen_lightning.errors import ConfigError
@@ -93,6 +94,10 @@ class SampleQuality(L.Callback):
         started = time.perf_counter()
         fit_minutes = (started - self._fit_start - self._eval_seconds) / 60
         samples, labels = self._samples(pl_module)
+        bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+        if bad:
+            rank_zero_warn(f"SampleQuality: {bad} of {len(samples)} samples are not finite at step {trainer.global_step}; "
+                           "the metrics of this epoch are NaN")
         if self.metric == "gmm_modes":
             metrics = gmm_mode_metrics(samples, trainer.datamodule.gmm)
             metrics.pop("num_modes")

@@ -122,9 +122,11 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     Tr((S1 S2)^{1/2}) = Tr((S1^{1/2} S2 S1^{1/2})^{1/2}), and the inner matrix is symmetric
     PSD, so both roots come from `eigh` in float64: no complex intermediate (scipy's `sqrtm`
     of the non-symmetric S1 S2 leaves tiny imaginary parts that need discarding), and
-    singular covariances (dead ReLU features) are fine.
+    singular covariances (dead ReLU features) are fine. NaN when a moment is not finite (e.g. a sample was).
     """
     mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
+    if not all(torch.isfinite(t).all() for t in (mu1, mu2, sigma1, sigma2)):
+        return math.nan  # features of non-finite samples: no distance, rather than a LAPACK failure mid-fit
     root1 = _psd_sqrt(sigma1)
     inner = root1 @ sigma2 @ root1
     inner = (inner + inner.T) / 2  # symmetric up to round-off; eigvalsh reads one triangle

@@ -193,3 +193,12 @@ def test_the_shipped_classifier_scores_99_percent_on_the_mnist_test_split():
     assert len(x) == 10000
     accuracy = (predicted_classes(clf, x) == y).double().mean().item()  # uint8 images are rescaled to [0, 1]
     assert accuracy >= 0.99
+
+
+def test_frechet_distance_of_non_finite_moments_is_nan_not_a_crash():
+    from gen_lightning.metrics.classifier import frechet_distance
+
+    mu, sigma = torch.zeros(3), torch.eye(3)
+    assert frechet_distance(mu, sigma, mu + 1, sigma) == pytest.approx(3.0)
+    assert math.isnan(frechet_distance(mu, sigma * float("nan"), mu, sigma))
+    assert math.isnan(frechet_distance(mu + float("inf"), sigma, mu, sigma))
