@@ -60,7 +60,9 @@ def run_recipe(config: Path, workdir: Path, data_root: Path, threads: int | None
         row["fit_status"], row["fit_seconds"] = gen(["fit", *common], workdir, log, threads)
     row["test_status"], row["test_seconds"] = gen(["test", *common, "--ckpt_path", str(ckpt)], workdir, log, threads)
     out = workdir / "outputs" / "cpu" / name / "samples.pt"
-    row["predict_status"], _ = gen(["predict", *common, "--ckpt_path", str(ckpt), "--samples.num_samples", "100",
+    # the mosaic shows 10 samples a recipe; conditional ones also get a grid of 10 per digit (PixelCNN: 784 passes each)
+    count = "100" if "Conditional" in config.read_text() else "10"
+    row["predict_status"], _ = gen(["predict", *common, "--ckpt_path", str(ckpt), "--samples.num_samples", count,
                                     "--samples.output", str(out)], workdir, log, threads)  # fmt: skip
     metrics = newest_metrics(workdir, name)
     row["metrics_json"] = str(metrics) if metrics else None
