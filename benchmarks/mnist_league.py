@@ -44,6 +44,17 @@ def gen(args: list[str], cwd: Path, log: Path, threads: int | None) -> tuple[int
     return status, time.perf_counter() - started
 
 
+def recipe_class(config: Path) -> type | None:
+    """The model class a recipe's `model.class_path` names."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from gen_lightning.cli import model_class
+
+    return model_class(SimpleNamespace(class_path=yaml.safe_load(config.read_text())["model"]["class_path"]))
+
+
 def newest_metrics(workdir: Path, name: str) -> Path | None:
     found = sorted((workdir / "lightning_logs" / "cpu" / name).glob("version_*/metrics.json"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
@@ -61,7 +72,7 @@ def run_recipe(config: Path, workdir: Path, data_root: Path, threads: int | None
     row["test_status"], row["test_seconds"] = gen(["test", *common, "--ckpt_path", str(ckpt)], workdir, log, threads)
     out = workdir / "outputs" / "cpu" / name / "samples.pt"
     # the mosaic shows 10 samples a recipe; conditional ones also get a grid of 10 per digit (PixelCNN: 784 passes each)
-    count = "100" if "Conditional" in config.read_text() else "10"
+    count = "100" if getattr(recipe_class(config), "conditional", False) else "10"
     row["predict_status"], _ = gen(["predict", *common, "--ckpt_path", str(ckpt), "--samples.num_samples", count,
                                     "--samples.output", str(out)], workdir, log, threads)  # fmt: skip
     metrics = newest_metrics(workdir, name)
