@@ -7,9 +7,10 @@
                  --samples.num_samples 1000 --samples.output outputs/vae_gmm.pt
 
 The model and data are chosen by `class_path` (subclass mode), so every family and
-DataModule plugs in without a line here. Four callbacks are always on: `metrics` writes
+DataModule plugs in without a line here. Five callbacks are always on: `metrics` writes
 metrics.json after `gen test`, `samples` writes the files of `gen predict`, `fit_stats`
-records stability and speed during `gen fit`, and `speed` times sampling at `gen test`. Mistakes a
+records stability and speed during `gen fit`, `speed` times sampling at `gen test`, and
+`density` logs NLL, bits/dim and KL(data || model) of every model that declares a density. Mistakes a
 user can fix (gen_lightning.errors.GenError) print one line, `error: ...`, and exit 2.
 """
 
@@ -29,6 +30,7 @@ from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from gen_lightning.callbacks.density import DensityMetrics
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
 from gen_lightning.callbacks.run_stats import FitStats, SamplingSpeed
 from gen_lightning.callbacks.interruption import SaveOnInterrupt
@@ -266,6 +268,7 @@ class GenCLI(LightningCLI):
         parser.add_lightning_class_args(SampleWriter, "samples")
         parser.add_lightning_class_args(FitStats, "fit_stats")
         parser.add_lightning_class_args(SamplingSpeed, "speed")
+        parser.add_lightning_class_args(DensityMetrics, "density")
         parser.add_argument("--allow_untrained", type=bool, default=False,
                             help="gen test/validate/predict without --ckpt_path: evaluate the untrained model on purpose")
 

@@ -21,12 +21,13 @@ import math
 import lightning as L
 import torch
 
+from gen_lightning.callbacks.outputs import ReportingCallback
 from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range, dequantized_bits_per_dim
 
 
-class ODELikelihood(L.Callback):
+class ODELikelihood(ReportingCallback):
     def __init__(self, steps: int = 50, probes: int | None = 1, num_examples: int = 1000, seed: int = 0):
         if steps < 1 or num_examples < 1:
             raise ConfigError(f"ODELikelihood needs steps >= 1 and num_examples >= 1, got {steps} and {num_examples}")
@@ -41,19 +42,20 @@ class ODELikelihood(L.Callback):
                               f"{type(pl_module).__name__}; remove the callback")
         if stage != "test":
             return
+        self.reset_report()
         dm = trainer.datamodule  # callbacks are set up before the model has read the data
         images = len(dm.data_shape) == 3
         trace = "the exact trace" if self.probes is None else f"Hutchinson's trace estimate with {self.probes} Rademacher probe(s)"
-        pl_module.metric_conventions["test/nll_nats"] = (
+        self.note("conventions", {"test/nll_nats": (
             f"-log p(x) in nats by the probability-flow ODE (Heun, {self.steps} steps, {trace}) on the first "
             f"{self.num_examples} test examples" + (", 8-bit images uniformly dequantized, (k + u)/256 mapped to the "
-                                                    "data range" if images else ""))
+                                                    "data range" if images else ""))})
         if images:
-            pl_module.metric_conventions["test/bpd"] = "(nll of y = (k + u)/256 in [0, 1) + D ln 256) / (D ln 2)"
+            self.note("conventions", {"test/bpd": "(nll of y = (k + u)/256 in [0, 1) + D ln 256) / (D ln 2)"})
         else:
-            pl_module.omitted_metrics["test/bpd"] = "bits/dim applies to 8-bit images"
+            self.omit(["test/bpd"], "bits/dim applies to 8-bit images")
         if not has_density(dm):
-            pl_module.omitted_metrics["test/kl_data_model"] = f"{dm.dataset_name} has no exact density"
+            self.omit(["test/kl_data_model"], f"{dm.dataset_name} has no exact density")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._seen = 0

@@ -25,12 +25,52 @@ def _jsonable(value):
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
+REPORT_SECTIONS = ("omitted", "conventions", "training", "sampling", "extra")
+
+
+class ReportingCallback(L.Callback):
+    """A callback whose findings go to metrics.json beside the logged metrics.
+
+    It keeps them itself, never on the model: `omit` (a metric that does not apply, and why), `note` (what a number
+    depends on, or a further result such as a class histogram); `MetricsWriter` collects `metrics_report()` from
+    every callback of the run.
+    """
+
+    def reset_report(self) -> None:
+        self._report: dict[str, dict] = {section: {} for section in REPORT_SECTIONS}
+
+    def omit(self, names: list[str], reason: str) -> None:
+        self.note("omitted", dict.fromkeys(names, reason))
+
+    def note(self, section: str, entries: dict) -> None:
+        if not hasattr(self, "_report"):
+            self.reset_report()
+        self._report[section].update(entries)
+
+    def metrics_report(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        return getattr(self, "_report", {})
+
+
+def collect_report(trainer: L.Trainer, pl_module: L.LightningModule, logged: dict) -> dict[str, dict]:
+    """The model's declared `omitted_metrics` and `metric_conventions`, then every callback's `metrics_report()`
+    (a later row wins). A metric that some callback logged is not reported as omitted."""
+    merged: dict[str, dict] = {section: {} for section in REPORT_SECTIONS}
+    merged["omitted"].update(getattr(pl_module, "omitted_metrics", {}))
+    merged["conventions"].update(getattr(pl_module, "metric_conventions", {}))
+    for callback in trainer.callbacks:
+        if callable(getattr(callback, "metrics_report", None)):
+            for section, entries in callback.metrics_report(trainer, pl_module).items():
+                merged[section].update(entries)
+    merged["omitted"] = {name: why for name, why in merged["omitted"].items() if name not in logged}
+    return merged
+
+
 class MetricsWriter(L.Callback):
     """After `gen test`: writes `metrics.json` in the run directory and logs the metrics with the hparams.
 
-    metrics.json holds the test metrics, the metrics the model does not support and why
-    (`omitted`, never shown as 0), the data and likelihood conventions, the checkpoint and
-    how long the model had trained.
+    metrics.json holds the test metrics, the metrics that do not apply and why (`omitted`, never shown
+    as 0), the data and likelihood conventions, the checkpoint and how long the model had trained: the
+    model's declarations and the rows every callback returns (`collect_report`).
     """
 
     def __init__(self, filename: str = "metrics.json"):
@@ -39,6 +79,7 @@ class MetricsWriter(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: _jsonable(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        rows = collect_report(trainer, pl_module, metrics)
         report = {
             "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "data": getattr(pl_module, "data_info", {}),
@@ -46,12 +87,12 @@ class MetricsWriter(L.Callback):
             "untrained": trainer.ckpt_path is None,  # only with `gen test --allow_untrained true`
             "trained": getattr(pl_module, "trained_progress", {}),
             "metrics": dict(sorted(metrics.items())),
-            "omitted": getattr(pl_module, "omitted_metrics", {}),
-            "conventions": getattr(pl_module, "metric_conventions", {}),
-            "training": getattr(pl_module, "fit_stats", {}),
+            "omitted": rows["omitted"],
+            "conventions": rows["conventions"],
+            "training": rows["training"],
             "sampling": {"network_evaluations_per_sample": getattr(pl_module, "network_evaluations_per_sample", None),
-                         **getattr(pl_module, "sampling_conditions", {})},
-            "extra": getattr(pl_module, "extra_report", {}),  # e.g. the class histogram of samples
+                         **rows["sampling"]},
+            "extra": rows["extra"],  # e.g. the class histogram of samples
             "num_parameters": sum(p.numel() for p in pl_module.parameters()),
         }
         if trainer.logger is not None:

@@ -1,9 +1,8 @@
 """Training stability and speed, measured the same way for every family.
 
 `FitStats` (during `gen fit`) records every `train/*` scalar at every step, the number of
-non-finite losses, the wall time and the training throughput. Its summary is stored on the
-model (`pl_module.fit_stats`), so it travels in the checkpoint and `gen test` can put it in
-metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
+non-finite losses, the wall time and the training throughput. Its summary travels in every
+checkpoint, so `gen test --ckpt_path` reads it back and puts it in metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
 Every figure carries the device, dtype and batch size it was measured with.
 """
 
@@ -15,6 +14,7 @@ import time
 import lightning as L
 import torch
 
+from gen_lightning.callbacks.outputs import ReportingCallback
 from gen_lightning.errors import ConfigError
 
 
@@ -41,7 +41,10 @@ def conditions(trainer: L.Trainer, pl_module: L.LightningModule, batch_size: int
     }
 
 
-class FitStats(L.Callback):
+CHECKPOINT_KEY = "gen_lightning_fit_stats"  # the fit's summary, beside the weights
+
+
+class FitStats(ReportingCallback):
     """Stability (loss CV over the last `tail_fraction` of steps, non-finite losses) and speed of a fit."""
 
     def __init__(self, tail_fraction: float = 0.1):
@@ -52,6 +55,7 @@ class FitStats(L.Callback):
         self.train_seconds = 0.0
         self.images = 0
         self.batch_size = 0
+        self.fitted: dict = {}  # the summary of the fit: this process's, or the one in the checkpoint tested
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.fit_start = time.perf_counter()
@@ -96,11 +100,16 @@ class FitStats(L.Callback):
         }
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        # Beside the model's own entry, so `gen test` reads it back (GenerativeModel.on_load_checkpoint).
-        checkpoint["gen_lightning_fit_stats"] = self.report(trainer, pl_module)
+        checkpoint[CHECKPOINT_KEY] = self.report(trainer, pl_module)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.fitted = checkpoint.get(CHECKPOINT_KEY, {})
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        pl_module.fit_stats = self.report(trainer, pl_module)
+        self.fitted = self.report(trainer, pl_module)
+
+    def metrics_report(self, trainer, pl_module) -> dict:
+        return {"training": self.fitted}
 
     def state_dict(self) -> dict:
         wall = self.wall_before + time.perf_counter() - getattr(self, "fit_start", time.perf_counter())
@@ -111,7 +120,7 @@ class FitStats(L.Callback):
         self.wall_before = state["wall"]
 
 
-class SamplingSpeed(L.Callback):
+class SamplingSpeed(ReportingCallback):
     """At `gen test`: ms per sample of `sample()` at a fixed batch size, after one warm-up batch."""
 
     def __init__(self, batch_size: int = 256, repeats: int = 3, enabled: bool = True):
@@ -134,7 +143,7 @@ class SamplingSpeed(L.Callback):
         _sync(pl_module.device)
         ms = 1000 * (time.perf_counter() - start) / (self.repeats * self.batch_size)
         pl_module.log("test/sample_ms_per_img", ms, sync_dist=False)
-        pl_module.sampling_conditions = {
+        self.note("sampling", {
             **conditions(trainer, pl_module, self.batch_size),
             "network_evaluations_per_sample": getattr(pl_module, "network_evaluations_per_sample", None),
-        }
+        })

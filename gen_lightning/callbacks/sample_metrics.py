@@ -4,8 +4,8 @@ Both callbacks draw `num_samples` from `pl_module.sample` at the end of the test
 one seeded generator (the same samples at every evaluation of the same checkpoint), compare
 them with the DataModule's real `split` converted as the model saw it
 (`dm.convert(x, train=False)`), and log under `test/`, which MetricsWriter puts in
-metrics.json. A metric that does not apply is not logged: its name and the reason go to
-`pl_module.omitted_metrics`, and what a number depends on goes to `pl_module.metric_conventions`.
+metrics.json. A metric that does not apply is not logged: the callback keeps its name and the reason,
+and what a number depends on, in its own report (`ReportingCallback`), which MetricsWriter collects.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from gen_lightning.callbacks.outputs import ReportingCallback
 from gen_lightning.errors import ConfigError
 from gen_lightning.metrics import classifier as clf_metrics
 from gen_lightning.metrics import inception as inc
@@ -46,20 +47,6 @@ def draw_samples(
     return torch.cat(chunks), (labels.cpu() if labels is not None else None)
 
 
-def omit(pl_module: L.LightningModule, names: list[str], reason: str) -> None:
-    """Record why `names` are not reported (never logged as 0); creates `omitted_metrics` when the model lacks it."""
-    if not isinstance(getattr(pl_module, "omitted_metrics", None), dict):
-        pl_module.omitted_metrics = {}
-    pl_module.omitted_metrics.update({name: reason for name in names})
-
-
-def note(pl_module: L.LightningModule, attribute: str, key: str, value) -> None:
-    """Set `pl_module.<attribute>[key]`, creating the dict when the model lacks it."""
-    if not isinstance(getattr(pl_module, attribute, None), dict):
-        setattr(pl_module, attribute, {})
-    getattr(pl_module, attribute)[key] = value
-
-
 def check_counts(owner: str, num_samples: int, batch_size: int) -> None:
     if num_samples < 2:
         raise ConfigError(f"{owner} num_samples must be >= 2 (a covariance needs two), got {num_samples}")
@@ -82,17 +69,17 @@ def check_can_sample(pl_module: L.LightningModule, owner: str) -> None:
         )
 
 
-def samples_or_omit(pl_module, names: list[str], num_samples: int, batch_size: int, seed: int):
+def samples_or_omit(callback: ReportingCallback, pl_module, names: list[str], num_samples: int, batch_size: int, seed: int):
     """Samples and requested labels, or None (and the metrics omitted) when the model cannot sample."""
     try:
         return draw_samples(pl_module, num_samples, batch_size, seed)
     except NotImplementedError as e:
-        omit(pl_module, names, f"{type(pl_module).__name__} cannot sample ({e})")
+        callback.omit(names, f"{type(pl_module).__name__} cannot sample ({e})")
         return None
 
 
 # ---- the MNIST domain classifier -------------------------------------------------------------
-class ClassifierMetrics(L.Callback):
+class ClassifierMetrics(ReportingCallback):
     """Classifier FID, class histogram (mode coverage) and, for conditional models, label accuracy.
 
     `classifier_ckpt`: None (the default) uses the MNIST classifier that ships with the package
@@ -116,6 +103,7 @@ class ClassifierMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "test":
             return
+        self.reset_report()
         check_can_sample(pl_module, "ClassifierMetrics")
         dm = image_datamodule(trainer, "ClassifierMetrics")
         self.clf = clf_metrics.load_classifier(self.classifier_ckpt)
@@ -128,7 +116,7 @@ class ClassifierMetrics(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         names = ["classifier_fid", "classes_covered", "class_kl_uniform", "class_entropy", "label_accuracy"]
-        drawn = samples_or_omit(pl_module, [f"test/{n}" for n in names], self.num_samples, self.batch_size, self.seed)
+        drawn = samples_or_omit(self, pl_module, [f"test/{n}" for n in names], self.num_samples, self.batch_size, self.seed)
         if drawn is None:
             return
         samples, labels = drawn
@@ -146,44 +134,42 @@ class ClassifierMetrics(L.Callback):
             pl_module.log(f"test/{name}", float(value))
         self.log_label_accuracy(pl_module, samples, labels, vr)
         self.log_diversity(pl_module, fake_features, labels, real_features, real_y)
-        note(pl_module, "extra_report", "class_histogram", counts.tolist())
+        self.note("extra", {"class_histogram": counts.tolist()})
         self.write_conventions(pl_module, len(real))
 
     def log_diversity(self, pl_module, fake_features, labels, real_features, real_labels) -> None:
         """Within-class diversity of a conditional model: its minimum and mean over classes, and each class's."""
         names = ["test/within_class_diversity_min", "test/within_class_diversity_mean"]
         if labels is None:
-            omit(pl_module, names, "unconditional model: its samples have no requested classes")
+            self.omit(names, "unconditional model: its samples have no requested classes")
             return
         if pl_module.num_classes != self.clf.num_classes:
-            omit(pl_module, names, f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
+            self.omit(names, f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
             return
         ratios = clf_metrics.within_class_diversity(fake_features, labels, real_features, real_labels, self.clf.num_classes)
         pl_module.log(names[0], float(ratios.min()))
         pl_module.log(names[1], float(ratios.mean()))
-        note(pl_module, "extra_report", "within_class_diversity", [round(float(r), 4) for r in ratios])
+        self.note("extra", {"within_class_diversity": [round(float(r), 4) for r in ratios]})
 
     def log_label_accuracy(self, pl_module, samples: torch.Tensor, labels: torch.Tensor | None, value_range) -> None:
         name = "test/label_accuracy"
         if labels is None:
-            omit(pl_module, [name], "unconditional model: its samples have no requested labels")
+            self.omit([name], "unconditional model: its samples have no requested labels")
         elif pl_module.num_classes != self.clf.num_classes:
-            omit(pl_module, [name], f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
+            self.omit([name], f"the model has {pl_module.num_classes} classes, the classifier {self.clf.num_classes}")
         else:
             value = clf_metrics.label_accuracy(self.clf, samples, labels, value_range, self.batch_size)
             pl_module.log(name, value)
 
     def write_conventions(self, pl_module, num_real: int) -> None:
-        note(
-            pl_module, "metric_conventions", "classifier_metrics",
+        self.note("conventions", {"classifier_metrics": (
             f"{self.num_samples} samples (seed {self.seed}) vs the {num_real} images of the {self.split} split, in the "
             f"features of the MNIST classifier {self.classifier_ckpt or 'shipped with gen_lightning'}; a class is covered when it gets >= "
-            f"{clf_metrics.COVERED_SHARE_OF_UNIFORM:g} x n/K predicted samples; KL and entropy in nats",
-        )  # fmt: skip
+            f"{clf_metrics.COVERED_SHARE_OF_UNIFORM:g} x n/K predicted samples; KL and entropy in nats")})  # fmt: skip
 
 
 # ---- Inception ---------------------------------------------------------------------------------
-class InceptionMetrics(L.Callback):
+class InceptionMetrics(ReportingCallback):
     """FID, KID, Inception Score and improved precision/recall in Inception-v3 features.
 
     `inception_weights` is a local copy of torch-fidelity's weights (see
@@ -222,6 +208,7 @@ class InceptionMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "test":
             return
+        self.reset_report()
         check_can_sample(pl_module, "InceptionMetrics")
         dm = image_datamodule(trainer, "InceptionMetrics")
         if dm.data_shape[0] not in (1, 3):
@@ -233,7 +220,7 @@ class InceptionMetrics(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         names = ["test/fid", "test/kid_mean", "test/kid_std", "test/precision", "test/recall"]
         is_names = ["test/inception_score", "test/inception_score_std"]
-        drawn = samples_or_omit(pl_module, names + is_names, self.num_samples, self.batch_size, self.seed)
+        drawn = samples_or_omit(self, pl_module, names + is_names, self.num_samples, self.batch_size, self.seed)
         if drawn is None:
             return
         dm, extractor = trainer.datamodule, self.extractor.to(pl_module.device)
@@ -248,7 +235,7 @@ class InceptionMetrics(L.Callback):
         pr = precision_recall(real_features, fake_features, self.pr_k)
         pl_module.log_dict({f"test/{k}": v for k, v in pr.items()})
         if fake_logits is None:
-            omit(pl_module, is_names, f"the feature extractor {type(extractor).__name__} gives no class logits")
+            self.omit(is_names, f"the feature extractor {type(extractor).__name__} gives no class logits")
         else:
             score = inc.inception_score(fake_logits, self.is_splits, self.seed)
             pl_module.log_dict({"test/inception_score": score[0], "test/inception_score_std": score[1]})
@@ -263,9 +250,7 @@ class InceptionMetrics(L.Callback):
     def write_conventions(self, pl_module, num_real: int) -> None:
         is_inception = isinstance(self.extractor, inc.InceptionV3)
         source = "torch-fidelity Inception-v3 (TF-matching)" if is_inception else type(self.extractor).__name__
-        note(
-            pl_module, "metric_conventions", "inception_metrics",
+        self.note("conventions", {"inception_metrics": (
             f"{self.num_samples} samples (seed {self.seed}) vs the {num_real} images of the {self.split} split, "
             f"8-bit, grey repeated to RGB, features of {source} (id {self.feature_id}); KID over {self.kid_subsets} "
-            f"subsets of {self.kid_subset_size}; IS over {self.is_splits} splits; precision/recall with k={self.pr_k}",
-        )  # fmt: skip
+            f"subsets of {self.kid_subset_size}; IS over {self.is_splits} splits; precision/recall with k={self.pr_k}")})  # fmt: skip

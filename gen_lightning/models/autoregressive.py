@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import Likelihood, _is_8bit_image_in_unit_range
 from gen_lightning.models.base import GenerativeModel, eval_mode
@@ -166,7 +165,6 @@ class AutoregressiveModel(GenerativeModel):
         self.net, self.likelihood = net, likelihood
         self.num_masks = int(getattr(net, "num_masks", 1))
         self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
-        self.data_has_density = False
         self.param_shape: tuple[int, ...] | None = None
 
     # ---- data contract ----------------------------------------------------------------
@@ -175,14 +173,9 @@ class AutoregressiveModel(GenerativeModel):
         self.likelihood.check(dm)
         data_shape = tuple(dm.data_shape)
         need = self.likelihood.param_shape(data_shape)
-        try:
-            with torch.no_grad(), eval_mode(self.net):
-                out = self.net(torch.zeros(2, *data_shape, device=self.device))
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(
-                f"{type(self.net).__name__} cannot read data of shape {data_shape} ({str(e).splitlines()[0]}); "
-                "set the net's in_shape (or in_channels/image_size) to the data's shape"
-            ) from None
+        out = self.probe(self.net, lambda: self.net(torch.zeros(2, *data_shape, device=self.device)),
+                         f"{type(self.net).__name__} cannot read data of shape {data_shape}",
+                         "set the net's in_shape (or in_channels/image_size) to the data's shape")
         if out[0].numel() != math.prod(need):
             raise ConfigError(
                 f"{type(self.net).__name__} outputs {out[0].numel()} values per example but {type(self.likelihood).__name__} "
@@ -194,25 +187,22 @@ class AutoregressiveModel(GenerativeModel):
         super().bind_data(dm)
         self.param_shape = self.likelihood.param_shape(self.data_shape)
         self.network_evaluations_per_sample = math.prod(self.data_shape)  # one per conditional
-        self.data_has_density = has_density(dm)
-        self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
-        self.metric_conventions.update(self._metric_conventions())
 
     def _reports_bpd(self) -> bool:
         return len(self.data_shape) == 3 and self.likelihood.discrete and self.data_info.get("binarize") == "none"
 
-    def _omitted_metrics(self, dataset_name: str) -> dict[str, str]:
-        omitted = {}
-        if not self._reports_bpd():
-            omitted["test/bpd"] = (
-                "binarized images: NLL is reported in nats per image (DESIGN.md)" if len(self.data_shape) == 3
-                else f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
-            )
-        if not self.data_has_density:
-            omitted["test/kl_data_model"] = f"{dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)"
-        return omitted
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    density_kind = "exact"  # the product of the D conditionals
 
-    def _metric_conventions(self) -> dict[str, str]:
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        if self._reports_bpd():
+            return {}
+        return {"test/bpd": "binarized images: NLL is reported in nats per image (DESIGN.md)" if len(self.data_shape) == 3
+                else f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"}
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
         masks = (f"; the average of the probabilities of {self.num_masks} masks (orders/connectivities): "
                  "log mean_m p_m(x)" if self.num_masks > 1 else "")
         conventions = {
@@ -223,8 +213,6 @@ class AutoregressiveModel(GenerativeModel):
             conventions["binarization"] = self.data_info["binarize_convention"]
         if self._reports_bpd():
             conventions["bits_per_dim"] = f"nll / (D ln 2), D = {math.prod(self.data_shape)}: a discrete likelihood of 8-bit data"
-        if self.data_has_density:
-            conventions["test/kl_data_model"] = "mean over test points of log p_data(x) + test NLL: KL(data || model), exact"
         return conventions
 
     # ---- the model --------------------------------------------------------------------
@@ -242,9 +230,9 @@ class AutoregressiveModel(GenerativeModel):
         log_p = torch.stack([self.log_prob_one_mask(x, m) for m in range(self.num_masks)])  # (M, B)
         return torch.logsumexp(log_p, dim=0) - math.log(self.num_masks)
 
-    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
-        """nll / (D ln 2) for a discrete likelihood of 8-bit data (DESIGN.md)."""
-        return nll / (math.prod(self.data_shape) * math.log(2))
+    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor | None:
+        """nll / (D ln 2) for a discrete likelihood of 8-bit data (DESIGN.md); None for other data."""
+        return nll / (math.prod(self.data_shape) * math.log(2)) if self._reports_bpd() else None
 
     # ---- training, validation and test ------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -259,21 +247,8 @@ class AutoregressiveModel(GenerativeModel):
         nll = -self.log_prob(x)
         self.log("val/loss", nll.mean(), prog_bar=True, batch_size=x.shape[0])
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        x, _ = batch
-        nll = -self.log_prob(x)
-        metrics = {"test/nll_nats": nll}
-        if self._reports_bpd():
-            metrics["test/bpd"] = self.bits_per_dim(nll)
-        if self.data_has_density:
-            metrics["test/kl_data_model"] = self.trainer.datamodule.log_prob(x).to(nll) + nll  # log p_data - log p_model
-        self.log_dict({name: value.mean() for name, value in metrics.items()}, batch_size=x.shape[0])
-
     def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
-        if self.scheduler_callable is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
 
     # ---- sampling -----------------------------------------------------------------------
     @torch.no_grad()

@@ -76,11 +76,6 @@ class GenerativeModel(L.LightningModule):
         self.value_range: tuple[float, float] | None = None
         self.data_info: dict = {}
         self.trained_progress: dict = {}
-        self.fit_stats: dict = {}  # stability and speed of the fit (callbacks.run_stats.FitStats)
-        self.omitted_metrics: dict[str, str] = {}  # metric -> why it does not apply; never logged as 0
-        self.metric_conventions: dict[str, str] = {}  # binarization, dequantization, likelihood
-        self.extra_report: dict = {}  # further results for metrics.json, e.g. a class histogram
-        self.sampling_conditions: dict = {}  # device, dtype, batch of the sampling speed (SamplingSpeed)
         self._rng_to_restore: dict | None = None
         # the divergence guard's view of the current step: the loss being backpropagated, the gradient norm it checked
         self._guarded_loss: torch.Tensor | None = None
@@ -107,6 +102,16 @@ class GenerativeModel(L.LightningModule):
 
     def check_data(self, dm: GenerativeData) -> None:
         """Families override this to refuse data they cannot model; the default accepts anything."""
+
+    @staticmethod
+    def probe(net: torch.nn.Module, call, what: str, fix: str):
+        """`call()`, one dummy forward pass through `net` in eval mode without gradients; a failure becomes one
+        ConfigError, "{what} ({the error's first line}); {fix}"."""
+        try:
+            with torch.no_grad(), eval_mode(net):
+                return call()
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
 
     def check_labels(self, labels: torch.Tensor | None) -> None:
         if labels is not None and not self.conditional:
@@ -148,6 +153,31 @@ class GenerativeModel(L.LightningModule):
         drop = torch.rand(y.shape, device=y.device) < label_dropout
         return torch.where(drop, torch.full_like(y, self.num_classes), y)
 
+    # ---- what the model declares to the evaluation callbacks ---------------------------
+    # Read by callbacks (DensityMetrics, MetricsWriter); computed from the config and the bound data, never
+    # written by a callback.
+    @property
+    def density_kind(self) -> str | None:
+        """What `log_prob(x)` is: "exact", "bound" (a bound on log p, e.g. IWAE), or None (no density)."""
+        return None
+
+    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor | None:
+        """NLL in nats per example -> bits/dim of 8-bit data, or None where bits/dim does not apply."""
+        return None
+
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        """Metrics this model does not report on its data, and why (metrics.json: never shown as 0)."""
+        return {}
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        """What this model's own metrics mean (metrics.json): likelihood, binarization, dequantization."""
+        return {}
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """Families log their own held-out losses here; NLL, bits/dim and sample metrics come from callbacks."""
+
     # ---- sampling -------------------------------------------------------------------
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define sample()")
@@ -166,6 +196,13 @@ class GenerativeModel(L.LightningModule):
             return optimizer_callable(params)
         except ValueError as e:  # e.g. "Invalid learning rate: -0.001"
             raise ConfigError(f"model.{name} rejected its arguments ({e}); fix model.{name}.init_args in the config") from None
+
+    def optimizers_with_scheduler(self, optimizer_callable, params, scheduler_callable=None, interval: str = "epoch"):
+        """configure_optimizers' return: the optimizer, and the injected LRSchedulerCallable when one is set."""
+        optimizer = self.build_optimizer(optimizer_callable, params)
+        if scheduler_callable is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_callable(optimizer), "interval": interval}}
 
     def optimizer_with_warmup(self, optimizer_callable, params, warmup_steps: int):
         """The optimizer, with a linear learning-rate warm-up over `warmup_steps` steps when > 0."""
@@ -295,7 +332,6 @@ class GenerativeModel(L.LightningModule):
             "global_step": checkpoint.get("global_step", 0),
             "fit_log_dir": meta.get("fit_log_dir"),
         }
-        self.fit_stats = checkpoint.get("gen_lightning_fit_stats", {})
         self._rng_to_restore = meta.get("rng")
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):

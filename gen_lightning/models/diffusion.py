@@ -117,32 +117,32 @@ class DDPM(GenerativeModel):
         shape = tuple(dm.data_shape)
         x = torch.zeros(2, *shape, device=self.device)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        try:
-            with torch.no_grad(), eval_mode(self.net):
-                out = self.net(x, torch.zeros(2, device=self.device), labels)
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"the net cannot read data of shape {shape_text(shape)} ({str(e).splitlines()[0]}); "
-                              "set its in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
+        out = self.probe(self.net, lambda: self.net(x, torch.zeros(2, device=self.device), labels),
+                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
         if tuple(out.shape) != (2, *shape):
             raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
 
-    def bind_data(self, dm) -> None:
-        super().bind_data(dm)
-        images = len(self.data_shape) == 3
-        if "test/nll_nats" not in self.metric_conventions:  # callbacks.ODELikelihood, when configured, logs it
-            why = "the probability-flow likelihood needs the ODELikelihood callback; the variational bound is test/bpd_vlb"
-            self.omitted_metrics.update({"test/nll_nats": why, "test/kl_data_model": why})
-        if not images:
-            self.omitted_metrics["test/bpd_vlb"] = "the discretized decoder of the bound applies to 8-bit images only"
+    # ---- what metrics.json says (MetricsWriter) ----------------------------------------------
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        why = "the probability-flow likelihood needs the ODELikelihood callback; the variational bound is test/bpd_vlb"
+        omitted = {"test/nll_nats": why, "test/kl_data_model": why}  # (what a callback logs is not reported omitted)
+        if len(self.data_shape) != 3:
+            omitted["test/bpd_vlb"] = "the discretized decoder of the bound applies to 8-bit images only"
         elif not self.vlb_bpd:
-            self.omitted_metrics["test/bpd_vlb"] = "vlb_bpd: false (the bound costs T network passes per test image)"
-        self.metric_conventions.update({
+            omitted["test/bpd_vlb"] = "vlb_bpd: false (the bound costs T network passes per test image)"
+        return omitted
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        conventions = {
             "val/loss": f"simple {self.prediction}-prediction MSE on validation data, t and eps seeded by batch index",
             "test/loss": f"simple {self.prediction}-prediction MSE on test data, t and eps seeded by batch index",
-        })
-        if images and self.vlb_bpd:
-            self.metric_conventions["test/bpd_vlb"] = (
+        }
+        if len(self.data_shape) == 3 and self.vlb_bpd:
+            conventions["test/bpd_vlb"] = (
                 "variational bound L_0..L_T in bits/dim, 8-bit images scaled to [-1, 1], discretized decoder (DDPM eq. 13)")
+        return conventions
 
     # ---- training ---------------------------------------------------------------------------
     def training_labels(self, y: torch.Tensor) -> torch.Tensor | None:
@@ -180,7 +180,7 @@ class DDPM(GenerativeModel):
     def test_step(self, batch, batch_idx: int) -> None:
         n = batch[0].shape[0]
         self.log("test/loss", self.heldout_loss(batch, batch_idx), batch_size=n)
-        if "test/bpd_vlb" not in self.omitted_metrics:
+        if len(self.data_shape) == 3 and self.vlb_bpd:
             self.log("test/bpd_vlb", self.vlb_bits_per_dim(batch[0], self.heldout_labels(batch[1])).mean(), batch_size=n)
 
     @torch.no_grad()

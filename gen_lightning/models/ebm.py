@@ -39,7 +39,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, shape_text
@@ -110,12 +109,6 @@ class EBM(GenerativeModel):
         self.max_energy, self.grid_size = max_energy, grid_size
         self.network_evaluations_per_sample = sample_steps  # SGLD steps, each a forward and a backward pass of E
         self.register_buffer("replay", torch.empty(0))  # (buffer_size, *data_shape), allocated in bind_data
-        self.omitted_metrics = {"test/nll_nats": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD}
-        self.metric_conventions = {
-            "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
-            "sampling": f"{sample_steps} SGLD steps (step {step_size}, noise {noise_std}) from uniform noise; "
-            "each step is one forward and one backward pass of E",
-        }
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
@@ -127,13 +120,8 @@ class EBM(GenerativeModel):
             raise ConfigError(f"{dm.dataset_name} has no value range, so the SGLD chains need a box to start in and "
                               "stay in; set model.init_args.init_range, e.g. [-3, 3] for ring8")
         x = torch.zeros(2, *dm.data_shape, device=self.device)
-        try:
-            with torch.no_grad():
-                e = self.energy(x)
-        except (RuntimeError, ValueError) as err:
-            raise ConfigError(f"the energy network cannot read data of shape {shape_text(tuple(dm.data_shape))} "
-                              f"({str(err).splitlines()[0]}); set its in_channels/image_size (ConvEnergy) "
-                              "or data_shape (MLPEnergy)") from None
+        e = self.probe(self.energy, lambda: self.energy(x), f"the energy network cannot read data of shape {shape_text(tuple(dm.data_shape))}",
+                       "set its in_channels/image_size (ConvEnergy) or data_shape (MLPEnergy)")
         if tuple(e.shape) != (2,):
             raise ConfigError(f"the energy network must output one energy per example, shape (B,); got {tuple(e.shape)}")
 
@@ -142,15 +130,30 @@ class EBM(GenerativeModel):
         shape = (self.buffer_size, *self.data_shape)
         if tuple(self.replay.shape) != shape:  # a fresh buffer of uniform noise; a checkpoint replaces it
             self.replay = self.uniform_noise(self.buffer_size)
+
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    @property
+    def density_kind(self) -> str | None:
+        return "exact" if self.has_density else None  # 2-D: Z by a fine grid; images: Z is intractable
+
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
         if self.has_density:
-            for name in ("test/nll_nats", "test/kl_data_model"):
-                self.omitted_metrics.pop(name, None)
-            self.omitted_metrics["test/bpd"] = "2-D continuous data: bits/dim applies to 8-bit images"
-            self.metric_conventions["log_prob"] = (
-                f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
-                f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll_nats per point")
-        else:
-            self.omitted_metrics["test/kl_data_model"] = f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"
+            return {"test/bpd": "2-D continuous data: bits/dim applies to 8-bit images"}
+        return {"test/nll_nats": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD,
+                "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"}
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        conventions = {
+            "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
+            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from uniform "
+                        "noise; each step is one forward and one backward pass of E",
+        }
+        if self.has_density:
+            conventions["log_prob"] = (f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
+                                       f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll_nats per point")
+        return conventions
 
     @property
     def has_density(self) -> bool:
@@ -222,10 +225,7 @@ class EBM(GenerativeModel):
         self.log("train/grad_norm", self.last_grad_norm)
 
     def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.optimizer_callable, self.energy.parameters())
-        if self.scheduler_callable is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.energy.parameters(), self.scheduler_callable)
 
     # ---- validation and test ---------------------------------------------------------------
     def buffer_distance(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -242,12 +242,7 @@ class EBM(GenerativeModel):
     def test_step(self, batch, batch_idx: int) -> None:
         x, _ = batch
         metrics = {"test/energy_data": self.energy(x).mean(), "test/buffer_energy_distance": self.buffer_distance(x, batch_idx)}
-        if self.has_density:
-            log_p_model = self.log_prob(x)
-            metrics["test/nll_nats"] = -log_p_model.mean()
-            if has_density(self.trainer.datamodule):  # synthetic data with an exact density (GMM)
-                metrics["test/kl_data_model"] = (self.trainer.datamodule.log_prob(x).to(x) - log_p_model).mean()
-        self.log_dict(metrics, batch_size=x.shape[0])
+        self.log_dict(metrics, batch_size=x.shape[0])  # NLL and KL(data || model) on 2-D data: callbacks.DensityMetrics
 
     # ---- 2-D density --------------------------------------------------------------------
     def grid(self, size: int | None = None) -> tuple[torch.Tensor, float]:

@@ -29,7 +29,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
-from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import bits_per_dim, uniform_dequantize
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
@@ -96,7 +95,6 @@ class Flow(GenerativeModel):
         self.net, self.dequantizer = net, dequantizer
         self.logit_alpha, self.sample_temperature = logit_alpha, sample_temperature
         self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
-        self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
 
     @property
     def is_image(self) -> bool:
@@ -127,40 +125,27 @@ class Flow(GenerativeModel):
                     "set its in_channels/image_size to the data's, or remove it (2-D data is not dequantized)"
                 )
 
-    @torch.no_grad()
     def _check_net(self, data_shape: tuple[int, ...]) -> None:
         x = torch.full((2, *data_shape), 0.5, device=self.device)
-        try:
-            with eval_mode(self.net):
-                z, logdet = self.net(x)
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(
-                f"the flow net cannot read data of shape {shape_text(data_shape)} ({str(e).splitlines()[0]}); "
-                "set the net's in_channels/image_size (or dim) to the data's shape"
-            ) from None
+        z, logdet = self.probe(self.net, lambda: self.net(x), f"the flow net cannot read data of shape {shape_text(data_shape)}",
+                               "set the net's in_channels/image_size (or dim) to the data's shape")
         if tuple(z.shape) != tuple(x.shape) or tuple(logdet.shape) != (2,):
             raise ConfigError(
                 f"the flow net maps {shape_text(data_shape)} to z {shape_text(z.shape[1:])} and logdet {tuple(logdet.shape)}; "
                 f"it must keep the data's shape and give one log-det per example; set its in_channels/image_size (or dim)"
             )
 
-    def bind_data(self, dm) -> None:
-        super().bind_data(dm)
-        self.data_has_density = has_density(dm)
-        # callbacks set up before the model may have added entries of their own: update, never replace
-        self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
-        self.metric_conventions.update(self._metric_conventions())
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    density_kind = "exact"  # change of variables (of one dequantized draw, for images)
 
-    def _omitted_metrics(self, dataset_name: str) -> dict[str, str]:
-        omitted = {}
-        if not self.is_image:
-            reason = f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
-            omitted |= {"val/bpd": reason, "test/bpd": reason}
-        if not self.data_has_density:
-            omitted["test/kl_data_model"] = f"{dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)"
-        return omitted
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        if self.is_image:
+            return {}
+        return dict.fromkeys(("val/bpd", "test/bpd"), f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images")
 
-    def _metric_conventions(self) -> dict[str, str]:
+    @property
+    def metric_conventions(self) -> dict[str, str]:
         d = math.prod(self.data_shape)
         conventions = {"test/nll_nats": "-log p(x) per example in nats, exact (change of variables)"}
         if self.is_image:
@@ -174,8 +159,6 @@ class Flow(GenerativeModel):
                 f"dequantization, Flow++), one seeded draw per test batch{logit}: a bound in expectation"
             )
             conventions["bits_per_dim"] = f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
-        if self.data_has_density:
-            conventions["test/kl_data_model"] = "mean over test points of log p_data(x) - log p_model(x): KL(data || model), exact densities"
         return conventions
 
     # ---- the density --------------------------------------------------------------------
@@ -216,8 +199,9 @@ class Flow(GenerativeModel):
         z, logdet = self.net(w)
         return losses.standard_normal_log_prob(z.flatten(1).float()) + logdet.float() + correction.float()
 
-    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
-        return bits_per_dim(nll, math.prod(self.data_shape))
+    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor | None:
+        """(nll + D ln 256) / (D ln 2) for dequantized 8-bit images; None for continuous data."""
+        return bits_per_dim(nll, math.prod(self.data_shape)) if self.is_image else None
 
     # ---- training, validation and test ------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -245,22 +229,8 @@ class Flow(GenerativeModel):
         if self.is_image:
             self.log("val/bpd", self.bits_per_dim(nll).mean(), batch_size=x.shape[0])
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        x, _ = batch
-        nll = self._nll(x, batch_idx)
-        metrics = {"test/nll_nats": nll}
-        if self.is_image:
-            metrics["test/bpd"] = self.bits_per_dim(nll)
-        if self.data_has_density:
-            log_p_data = self.trainer.datamodule.log_prob(x).to(nll)
-            metrics["test/kl_data_model"] = log_p_data + nll  # log p_data(x) - log p_model(x)
-        self.log_dict({name: value.mean() for name, value in metrics.items()}, batch_size=x.shape[0])
-
     def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
-        if self.scheduler_callable is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
 
     # ---- sampling -----------------------------------------------------------------------
     @torch.no_grad()

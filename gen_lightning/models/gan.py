@@ -90,6 +90,9 @@ class GAN(GenerativeModel):
 
     conditional = False
     network_evaluations_per_sample = 1
+    # what metrics.json says (MetricsWriter): no density to evaluate
+    omitted_metrics = OMITTED_METRICS
+    metric_conventions = {"val/loss": "energy distance between a validation batch and as many G samples (fixed seeds), on flattened x"}
 
     def __init__(
         self,
@@ -122,10 +125,6 @@ class GAN(GenerativeModel):
             "hinge": (losses.d_loss_hinge, losses.g_loss_hinge),
             "wgan-gp": (losses.d_loss_wgan, losses.g_loss_wgan),
         }[loss]
-        self.omitted_metrics = dict(OMITTED_METRICS)
-        self.metric_conventions = {
-            "val/loss": "energy distance between a validation batch and as many G samples (fixed seeds), on flattened x",
-        }
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
@@ -144,8 +143,9 @@ class GAN(GenerativeModel):
         data_shape = tuple(dm.data_shape)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
         z = torch.zeros(2, self.latent_dim, device=self.device)
-        x = self._probe(self.generator, (z, labels), f"the generator cannot read latents {shape_text((self.latent_dim,))}",
-                        f"set the generator's latent_dim to {self.latent_dim}")
+        g = self.generator
+        x = self.probe(g, lambda: g(z) if labels is None else g(z, labels), f"the generator cannot read latents {shape_text((self.latent_dim,))}",
+                       f"set the generator's latent_dim to {self.latent_dim}")
         if tuple(x.shape[1:]) != data_shape:
             raise ConfigError(
                 f"the generator outputs {shape_text(x.shape[1:])} but {dm.dataset_name} has shape {shape_text(data_shape)}; "
@@ -153,9 +153,10 @@ class GAN(GenerativeModel):
             )
         pack = getattr(self.discriminator, "pack", 1)  # PacGAN: one logit per `pack` examples
         x = torch.zeros(2 * pack, *data_shape, device=self.device)
-        logits = self._probe(self.discriminator, (x, labels),
-                             f"the discriminator cannot read data of shape {shape_text(data_shape)}",
-                             "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
+        d = self.discriminator
+        logits = self.probe(d, lambda: d(x) if labels is None else d(x, labels),
+                            f"the discriminator cannot read data of shape {shape_text(data_shape)}",
+                            "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
         if tuple(logits.shape) != (2,):
             raise ConfigError(f"the discriminator must output one logit per example (or pack), shape (B,); "
                               f"got {tuple(logits.shape)} for {2 * pack} examples")
@@ -170,17 +171,6 @@ class GAN(GenerativeModel):
                     f"use gen_lightning.models.gan.ConditionalGAN, or set the {name}'s num_classes: null")
                 raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on "
                                   f"{dm.dataset_name} needs {want}; {fix}")
-
-    @staticmethod
-    @torch.no_grad()
-    def _probe(net: nn.Module, inputs: tuple, what: str, fix: str) -> torch.Tensor:
-        """One dummy forward pass in eval mode, its failure turned into one ConfigError."""
-        x, labels = inputs
-        try:
-            with eval_mode(net):
-                return net(x) if labels is None else net(x, labels)
-        except (RuntimeError, ValueError, IndexError) as e:
-            raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
 
     # ---- the two players ------------------------------------------------------------------
     def labels_of(self, y: torch.Tensor) -> torch.Tensor | None:

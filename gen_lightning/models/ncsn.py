@@ -84,12 +84,6 @@ class NCSN(GenerativeModel):
         self.save_hyperparameters()
         self.net, self.sigmas, self.sampler = net, sigmas, sampler
         self.optimizer_callable, self.scheduler_callable, self.dequantize = optimizer, scheduler, dequantize
-        self.metric_conventions = {
-            "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
-                         "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
-            "sampler": f"{sampler!r} over {sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample"
-                       + (" (the probability-flow ODE, then Tweedie's denoising step at sigma_L)" if isinstance(sampler, ODESampler) else ""),
-        }
 
     @property
     def network_evaluations_per_sample(self) -> int:
@@ -108,20 +102,23 @@ class NCSN(GenerativeModel):
         self.check_dequantize(dm, self.dequantize)
         data_shape = tuple(dm.data_shape)
         x = torch.zeros(2, *data_shape, device=self.device)
-        try:
-            with torch.no_grad(), eval_mode(self.net):
-                out = self.score(x, self.sigmas.to(self.device)[:2])
-        except (RuntimeError, ValueError, IndexError) as e:
-            raise ConfigError(f"the net cannot read data of shape {shape_text(data_shape)} ({str(e).splitlines()[0]}); "
-                              "set the net's in_channels/image_size (UNet) or dim (DenoiserMLP)") from None
+        out = self.probe(self.net, lambda: self.score(x, self.sigmas.to(self.device)[:2]), f"the net cannot read data of shape "
+                         f"{shape_text(data_shape)}", "set the net's in_channels/image_size (UNet) or dim (DenoiserMLP)")
         if tuple(out.shape[1:]) != data_shape:
             raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} for data of shape {shape_text(data_shape)}; "
                               "a score has the data's shape: set the net's out_channels to the data's channels")
 
-    def bind_data(self, dm) -> None:
-        super().bind_data(dm)
-        if "test/nll_nats" not in self.metric_conventions:  # callbacks.ODELikelihood, when configured, logs it
-            self.omitted_metrics.update(dict.fromkeys(("test/nll_nats", "test/bpd", "test/kl_data_model"), NO_LIKELIHOOD))
+    # ---- what metrics.json says (MetricsWriter); what callbacks.ODELikelihood logs is not reported omitted ----
+    omitted_metrics = dict.fromkeys(("test/nll_nats", "test/bpd", "test/kl_data_model"), NO_LIKELIHOOD)
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        ode = " (the probability-flow ODE, then Tweedie's denoising step at sigma_L)" if isinstance(self.sampler, ODESampler) else ""
+        return {
+            "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
+                         "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
+            "sampler": f"{self.sampler!r} over {self.sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample{ode}",
+        }
 
     # ---- the score ------------------------------------------------------------------------
     def noise_t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -150,10 +147,7 @@ class NCSN(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
-        if self.scheduler_callable is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
 
     # ---- validation and test: the DSM loss on held-out data, with seeded noise -----------------
     def held_out_loss(self, batch, batch_idx: int) -> torch.Tensor:

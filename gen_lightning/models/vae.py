@@ -22,7 +22,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
-from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import Likelihood
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
@@ -80,9 +79,6 @@ class VAE(GenerativeModel):
         self.iw_samples, self.iw_chunk, self.sample_mode = iw_samples, iw_chunk, sample_mode
         self.optimizer_callable = optimizer
         self.scheduler_callable = scheduler  # stepped once per epoch
-        self.data_has_density = False  # the DataModule has an exact log_prob(x) (GMM), for KL(data || model)
-        self.omitted_metrics: dict[str, str] = {}
-        self.metric_conventions: dict[str, str] = {}
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
@@ -93,8 +89,8 @@ class VAE(GenerativeModel):
 
     def _check_encoder(self, data_shape: tuple[int, ...]) -> None:
         x = torch.zeros(2, *data_shape, device=self.device)
-        h = self._probe(self.encoder, x, f"the encoder cannot read data of shape {shape_text(data_shape)}",
-                        "set the encoder's in_shape/in_channels/image_size to the data's shape")
+        h = self.probe(self.encoder, lambda: self.encoder(x), f"the encoder cannot read data of shape {shape_text(data_shape)}",
+                       "set the encoder's in_shape/in_channels/image_size to the data's shape")
         if tuple(h.shape[1:]) != (2 * self.latent_dim,):
             raise ConfigError(
                 f"the encoder outputs {shape_text(h.shape[1:])} but latent_dim={self.latent_dim} needs "
@@ -103,31 +99,14 @@ class VAE(GenerativeModel):
 
     def _check_decoder(self, data_shape: tuple[int, ...]) -> None:
         z = torch.zeros(2, self.latent_dim, device=self.device)
-        params = self._probe(self.decoder, z, f"the decoder cannot read latents of shape {shape_text((self.latent_dim,))}",
-                             f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
+        params = self.probe(self.decoder, lambda: self.decoder(z), f"the decoder cannot read latents of shape {shape_text((self.latent_dim,))}",
+                            f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
         need = self.likelihood.param_shape(data_shape)
         if tuple(params.shape[1:]) != need:
             raise ConfigError(
                 f"the decoder outputs {shape_text(params.shape[1:])} but {type(self.likelihood).__name__} needs {shape_text(need)} "
                 f"for data of shape {data_shape}; set the decoder's out_shape/out_channels/image_size"
             )
-
-    @staticmethod
-    @torch.no_grad()
-    def _probe(net: nn.Module, x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
-        """One dummy forward pass in eval mode, its failure turned into one ConfigError."""
-        try:
-            with eval_mode(net):
-                return net(x)
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"{what} ({str(e).splitlines()[0]}); {fix}") from None
-
-    def bind_data(self, dm) -> None:
-        super().bind_data(dm)
-        self.data_has_density = has_density(dm)
-        # callbacks set up before the model may have added entries of their own: update, never replace
-        self.omitted_metrics.update(self._omitted_metrics(dm.dataset_name))
-        self.metric_conventions.update(self._metric_conventions())
 
     def _bpd_omitted_reason(self) -> str | None:
         """Why bits/dim does not apply to this data and likelihood, or None when it does."""
@@ -140,16 +119,16 @@ class VAE(GenerativeModel):
             )
         return None
 
-    def _omitted_metrics(self, dataset_name: str) -> dict[str, str]:
-        omitted = {}
-        bpd_reason = self._bpd_omitted_reason()
-        if bpd_reason is not None:
-            omitted |= {name: bpd_reason for name in ("val/bpd", "test/bpd_elbo", "test/bpd")}
-        if not self.data_has_density:
-            omitted["test/kl_data_model"] = f"{dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)"
-        return omitted
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    density_kind = "bound"  # log_prob is the IWAE estimate: a lower bound on log p(x) in expectation
 
-    def _metric_conventions(self) -> dict[str, str]:
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        bpd_reason = self._bpd_omitted_reason()
+        return {} if bpd_reason is None else dict.fromkeys(("val/bpd", "test/bpd_elbo", "test/bpd"), bpd_reason)
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
         conventions = {
             "likelihood": self.likelihood.describe(),
             "test/nelbo_nats": "negative ELBO (beta = 1) per example in nats, one z ~ q(z|x) per example",
@@ -163,10 +142,6 @@ class VAE(GenerativeModel):
             conventions["bits_per_dim"] = (
                 f"nll / (D ln 2), D = {d}" if self.likelihood.discrete
                 else f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
-            )
-        if self.data_has_density:
-            conventions["test/kl_data_model"] = (
-                "mean over test points of log p_data(x) + test NLL (IWAE): KL(data || model), an upper bound in expectation"
             )
         return conventions
 
@@ -213,8 +188,11 @@ class VAE(GenerativeModel):
         """
         return self.iwae_log_likelihood(self.likelihood.prepare(x), k or self.iw_samples)
 
-    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
-        """NLL in nats -> bits/dim: nll/(D ln 2), plus D ln 256 for a density on dequantized [0, 1] data (DESIGN.md)."""
+    def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor | None:
+        """NLL in nats -> bits/dim: nll/(D ln 2), plus D ln 256 for a density on dequantized [0, 1] data (DESIGN.md);
+        None where bits/dim does not apply (`omitted_metrics` says why)."""
+        if self._bpd_omitted_reason() is not None:
+            return None
         d = math.prod(self.data_shape)
         offset = 0.0 if self.likelihood.discrete else d * math.log(256)
         return (nll + offset) / (d * math.log(2))
@@ -236,28 +214,22 @@ class VAE(GenerativeModel):
         log_px_z, kl = self.elbo_terms(x)
         nelbo = kl - log_px_z
         self.log("val/loss", nelbo.mean(), prog_bar=True, batch_size=x0.shape[0])
-        if "val/bpd" not in self.omitted_metrics:
-            self.log("val/bpd", self.bits_per_dim(nelbo).mean(), batch_size=x0.shape[0])
+        bpd = self.bits_per_dim(nelbo)
+        if bpd is not None:
+            self.log("val/bpd", bpd.mean(), batch_size=x0.shape[0])
 
     def test_step(self, batch, batch_idx: int) -> None:
+        """The ELBO; the IWAE NLL, bits/dim and KL(data || model) are callbacks.DensityMetrics' (from log_prob)."""
         x0, _ = batch
-        x = self.likelihood.prepare(x0)
-        log_px_z, kl = self.elbo_terms(x)
+        log_px_z, kl = self.elbo_terms(self.likelihood.prepare(x0))
         nelbo = kl - log_px_z
-        nll_iwae = -self.iwae_log_likelihood(x, self.iw_samples)
-        metrics = {"test/nelbo_nats": nelbo, "test/nll_nats": nll_iwae}
-        if "test/bpd" not in self.omitted_metrics:
-            metrics |= {"test/bpd_elbo": self.bits_per_dim(nelbo), "test/bpd": self.bits_per_dim(nll_iwae)}
-        if self.data_has_density:
-            log_p_data = self.trainer.datamodule.log_prob(x0).to(nll_iwae)
-            metrics["test/kl_data_model"] = log_p_data + nll_iwae  # log p_data(x) - log p_model(x)
-        self.log_dict({name: value.mean() for name, value in metrics.items()}, batch_size=x0.shape[0])
+        self.log("test/nelbo_nats", nelbo.mean(), batch_size=x0.shape[0])
+        bpd = self.bits_per_dim(nelbo)
+        if bpd is not None:
+            self.log("test/bpd_elbo", bpd.mean(), batch_size=x0.shape[0])
 
     def configure_optimizers(self):
-        optimizer = self.build_optimizer(self.optimizer_callable, self.parameters())
-        if self.scheduler_callable is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_callable(optimizer), "interval": "epoch"}}
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
 
     # ---- sampling -----------------------------------------------------------------------
     def _observe(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

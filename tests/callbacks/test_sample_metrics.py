@@ -89,15 +89,15 @@ def pixel_classifier(monkeypatch):
 
 # ---- ClassifierMetrics ---------------------------------------------------------------------------
 def test_a_perfect_conditional_model(pixel_classifier):
-    model = Replay(conditional=True)
-    m = run_test(model, ClassifierMetrics("toy.ckpt", num_samples=400, batch_size=64))
+    model, cb = Replay(conditional=True), ClassifierMetrics("toy.ckpt", num_samples=400, batch_size=64)
+    m, report = run_test(model, cb), cb.metrics_report(None, model)
     assert m["test/label_accuracy"] == 1.0
     assert m["test/classes_covered"] == K and m["test/class_kl_uniform"] == pytest.approx(0.0, abs=1e-12)
     # balanced requests on a balanced test split: the same feature distribution
     assert m["test/classifier_fid"] == pytest.approx(0.0, abs=1e-5)  # logged as float32
-    assert model.extra_report["class_histogram"] == [100] * K
-    assert "test/label_accuracy" not in model.omitted_metrics
-    assert "classifier_metrics" in model.metric_conventions
+    assert report["extra"]["class_histogram"] == [100] * K
+    assert "test/label_accuracy" not in report["omitted"]
+    assert "classifier_metrics" in report["conventions"]
 
 
 def test_label_accuracy_counts_the_wrong_class(pixel_classifier):
@@ -106,20 +106,20 @@ def test_label_accuracy_counts_the_wrong_class(pixel_classifier):
 
 
 def test_an_unconditional_model_omits_label_accuracy(pixel_classifier):
-    model = Replay(conditional=False)
-    m = run_test(model, ClassifierMetrics("toy.ckpt", num_samples=400, batch_size=64))
+    model, cb = Replay(conditional=False), ClassifierMetrics("toy.ckpt", num_samples=400, batch_size=64)
+    m, report = run_test(model, cb), cb.metrics_report(None, model)
     assert "test/label_accuracy" not in m
-    assert "unconditional" in model.omitted_metrics["test/label_accuracy"]
-    assert sum(model.extra_report["class_histogram"]) == 400
+    assert "unconditional" in report["omitted"]["test/label_accuracy"]
+    assert sum(report["extra"]["class_histogram"]) == 400
     assert m["test/classes_covered"] == K and m["test/classifier_fid"] < 0.01
 
 
 def test_a_model_that_cannot_sample_omits_everything(pixel_classifier):
-    model = Mute()
-    m = run_test(model, ClassifierMetrics("toy.ckpt", num_samples=10))
+    model, cb = Mute(), ClassifierMetrics("toy.ckpt", num_samples=10)
+    m, omitted = run_test(model, cb), cb.metrics_report(None, model)["omitted"]
     assert not any(k.startswith("test/class") for k in m)
-    assert set(model.omitted_metrics) >= {"test/classifier_fid", "test/classes_covered", "test/label_accuracy"}
-    assert "no sampler yet" in model.omitted_metrics["test/classifier_fid"]
+    assert set(omitted) >= {"test/classifier_fid", "test/classes_covered", "test/label_accuracy"}
+    assert "no sampler yet" in omitted["test/classifier_fid"]
 
 
 def test_samples_are_seeded_and_labels_balanced():
@@ -190,7 +190,7 @@ def test_inception_metrics_of_a_perfect_model_and_the_cache(tmp_path):
 
 
 def test_inception_score_is_omitted_without_logits(tmp_path):
-    model = Replay()
-    m = run_test(model, inception_callback(CountingFeatures(logits=False), tmp_path))
+    model, cb = Replay(), inception_callback(CountingFeatures(logits=False), tmp_path)
+    m = run_test(model, cb)
     assert "test/fid" in m and "test/inception_score" not in m
-    assert "no class logits" in model.omitted_metrics["test/inception_score"]
+    assert "no class logits" in cb.metrics_report(None, model)["omitted"]["test/inception_score"]

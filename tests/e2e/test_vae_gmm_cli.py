@@ -36,6 +36,10 @@ def test_fit_test_predict_and_reload(workdir):
     assert m["test/kl_data_model"] < 4.5
     assert m["test/modes_covered"] >= 7
     assert "test/bpd" in report["omitted"]  # bits/dim does not apply to 2-D continuous data
+    # what each callback found: the fit's stability and speed read back from the checkpoint, the sampling conditions,
+    # and the meaning of the density metrics (DensityMetrics: the IWAE bound makes KL an upper bound)
+    assert report["training"]["stability"]["steps"] > 0 and report["training"]["speed"]["train_seconds"] > 0
+    assert report["sampling"]["device"] == "cpu" and "upper bound" in report["conventions"]["test/kl_data_model"]
 
     out = workdir / "out" / "samples.pt"
     main(["predict", "--config", CONFIG, "--ckpt_path", str(ckpt), "--samples.num_samples", "300", "--samples.output", str(out)])

@@ -147,6 +147,8 @@ def test_2d_data_has_a_density_but_no_bits_per_dim():
     model = ebm()
     assert "test/bpd" in model.omitted_metrics
     assert "test/nll_nats" not in model.omitted_metrics and "test/kl_data_model" not in model.omitted_metrics
+    assert model.density_kind == "exact" and ebm(nn.Sequential(nn.Flatten(), nn.Linear(16, 1), nn.Flatten(0)), dm=Images(),
+                                                 init_range=None, buffer_size=8).density_kind is None
 
 
 def test_log_prob_of_a_gaussian_energy_is_normalized_on_the_grid():
