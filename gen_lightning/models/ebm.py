@@ -17,8 +17,9 @@ likelihood is E_data[grad E(x+)] - E_model[grad E(x-)], so each step (Du & Morda
 The buffer is a registered buffer `replay` `(buffer_size, *data_shape)`, so it is saved in every
 checkpoint and `--ckpt_path` resumes the same chains (CIFAR-10 at 10,000 entries: 123 MB).
 
-`sample(n)` runs `sample_steps` SGLD steps from uniform noise, or from buffer entries with
-`from_buffer=True`; each step is one forward and one backward pass of E, and
+`sample(n)` runs `sample_steps` SGLD steps from uniform noise (`sample_init: noise`), or continues the
+persistent chains of the replay buffer (`sample_init: buffer`, as IGEBM and JEM show their samples: a model
+trained by persistent contrastive divergence keeps its best samples in those chains); each step is one forward and one backward pass of E, and
 `network_evaluations_per_sample` counts the steps. Images are in [-1, 1] (DESIGN.md) and the
 chains are clamped to the data's range; 2-D data has no value range, so the config gives the box
 `init_range` that the chains start in and are clamped to.
@@ -34,6 +35,7 @@ KL(data || model) on GMM data (the model's density lives on the box its chains a
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -56,6 +58,7 @@ def _check_hparams(**h) -> None:
     checks = [
         (h["sgld_steps"] >= 1, f"sgld_steps must be >= 1, got {h['sgld_steps']}"),
         (h["sample_steps"] >= 1, f"sample_steps must be >= 1, got {h['sample_steps']}"),
+        (h["sample_init"] in ("noise", "buffer"), f"sample_init must be 'noise' or 'buffer', got {h['sample_init']!r}"),
         (h["step_size"] > 0, f"step_size must be > 0, got {h['step_size']}"),
         (h["noise_std"] >= 0, f"noise_std must be >= 0, got {h['noise_std']}"),
         (h["alpha"] >= 0, f"alpha (weight of the energy L2 regularizer) must be >= 0, got {h['alpha']}"),
@@ -77,7 +80,7 @@ class EBM(GenerativeModel):
     divergence_advice = "Lower the learning rate or step_size, raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
 
     conditional = False
-    sampling_options = ("predict_seed", "sample_steps")
+    sampling_options = ("predict_seed", "sample_steps", "sample_init")
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class EBM(GenerativeModel):
         scheduler: LRSchedulerCallable | None = None,
         sgld_steps: int = 20,
         sample_steps: int = 100,
+        sample_init: Literal["noise", "buffer"] = "noise",
         step_size: float = 1.0,
         noise_std: float = 0.01,
         alpha: float = 1.0,
@@ -98,12 +102,13 @@ class EBM(GenerativeModel):
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
-        _check_hparams(sgld_steps=sgld_steps, sample_steps=sample_steps, step_size=step_size, noise_std=noise_std,
+        _check_hparams(sgld_steps=sgld_steps, sample_steps=sample_steps, sample_init=sample_init, step_size=step_size, noise_std=noise_std,
                        alpha=alpha, buffer_size=buffer_size, reinit_prob=reinit_prob, data_noise=data_noise,
                        max_energy=max_energy, init_range=init_range)  # fmt: skip
         self.save_hyperparameters()
         self.energy, self.optimizer_callable, self.scheduler_callable = energy, optimizer, scheduler
         self.sgld_steps, self.sample_steps, self.step_size, self.noise_std = sgld_steps, sample_steps, step_size, noise_std
+        self.sample_init = sample_init
         self.alpha, self.buffer_size, self.reinit_prob, self.data_noise = alpha, buffer_size, reinit_prob, data_noise
         self.init_range = tuple(init_range) if init_range is not None else None
         self.max_energy, self.grid_size = max_energy, grid_size
@@ -147,8 +152,9 @@ class EBM(GenerativeModel):
     def metric_conventions(self) -> dict[str, str]:
         conventions = {
             "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
-            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from uniform "
-                        "noise; each step is one forward and one backward pass of E",
+            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from "
+                        + ("uniform noise" if self.sample_init == "noise" else "replay-buffer entries (persistent chains)")
+                        + "; each step is one forward and one backward pass of E",
         }
         if self.has_density:
             conventions["log_prob"] = (f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
@@ -195,7 +201,7 @@ class EBM(GenerativeModel):
     def negatives(self, n: int) -> torch.Tensor:
         """x- for one training step: SGLD from the buffer, written back where the chains came from."""
         x, idx, reinit = self.buffer_starts(n)
-        x = self.sgld(self.sgld_steps)(self.energy, x)
+        x = self.sgld(self.sgld_steps).sample(self.energy, tuple(x.shape), x_init=x)
         self.replay[idx] = x
         self.log("train/reinit_fraction", reinit.float().mean())
         return x
@@ -272,12 +278,13 @@ class EBM(GenerativeModel):
         n: int,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        from_buffer: bool = False,
+        from_buffer: bool | None = None,
     ) -> torch.Tensor:
-        """n samples `(n, *data_shape)`: `sample_steps` SGLD steps from uniform noise, or from buffer entries."""
+        """n samples `(n, *data_shape)`: `sample_steps` SGLD steps from uniform noise, or from buffer entries
+        (`from_buffer`; None: as `sample_init` says)."""
         self.check_sample_args(n, labels)
-        if from_buffer:
+        if from_buffer if from_buffer is not None else self.sample_init == "buffer":
             x0 = self.replay[torch.randint(0, self.buffer_size, (n,), generator=generator, device=self.device)]
         else:
             x0 = self.uniform_noise(n, generator)
-        return self.sgld(self.sample_steps)(self.energy, x0, generator)
+        return self.sgld(self.sample_steps).sample(self.energy, tuple(x0.shape), generator, x_init=x0)

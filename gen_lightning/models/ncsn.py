@@ -51,7 +51,7 @@ from gen_lightning import losses
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
-from gen_lightning.samplers.langevin import AnnealedLangevin
+from gen_lightning.samplers.langevin import AnnealedLangevin, NoiseConditionalScore
 from gen_lightning.samplers.ode import ODESampler, ode_log_prob, standard_normal_log_prob
 from gen_lightning.samplers.sigmas import GeometricSigmas
 
@@ -209,8 +209,8 @@ class NCSN(GenerativeModel):
             if isinstance(self.sampler, ODESampler):
                 out = self.ode_sample(shape, generator, return_trajectory)
             else:
-                out = self.sampler(self.score, self.sigmas, shape, device=self.device, generator=generator,
-                                   return_trajectory=return_trajectory)
+                out = self.sampler.sample(NoiseConditionalScore(self.score, self.sigmas), shape, generator,
+                                          return_trajectory, device=self.device)
         x, trajectory = out if return_trajectory else (out, None)
         x = x if self.value_range is None else x.clamp(*self.value_range)
         return (x, trajectory) if return_trajectory else x

@@ -1,6 +1,7 @@
 """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), and the loop every diffusion sampler shares.
 
-A sampler never owns the network: `sample(denoiser, shape, ...)` receives a
+Every sampler keeps one protocol (samplers/base.py): `sample(denoiser, shape, generator=...,
+return_trajectory=..., x_init=...)`. A sampler never owns the network: it receives a
 `schedules.Denoiser`, which wraps the network, the schedule, the parameterization, clipping and
 classifier-free guidance, and answers (x0_hat, eps_hat) at (x_t, t). The sampler only decides
 which timesteps to visit and how to step from x_t to x_{t_prev}.
@@ -17,13 +18,13 @@ the two choices of DDPM sec. 3.2.
 
 from __future__ import annotations
 
-import sys
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from gen_lightning.errors import ConfigError
+from gen_lightning.samplers.base import finish, show_progress, start
 from gen_lightning.samplers.schedules import Denoiser, NoiseSchedule, gather
 
 Variance = Literal["fixed_small", "fixed_large"]
@@ -50,9 +51,6 @@ class DiffusionSampler:
     def step(self, denoiser: Denoiser, xt: torch.Tensor, t: int, t_prev: int, generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def show_progress(self, steps: int) -> bool:
-        return self.progress if self.progress is not None else steps >= 100 and sys.stderr.isatty()
-
     @torch.no_grad()
     def sample(
         self,
@@ -60,23 +58,24 @@ class DiffusionSampler:
         shape: tuple[int, ...],
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
-        x_T: torch.Tensor | None = None,
+        x_init: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x_0 of shape `shape`, from x_T ~ N(0, I) drawn with `generator` (or the given `x_T`).
+        """x_0 of shape `shape`, from x_T = `x_init` or ~ N(0, I) drawn with `generator` on the schedule's device.
 
         With `return_trajectory`, also (S + 1, *shape) on the CPU: x_T, then x after each of the S steps.
         """
-        device = denoiser.schedule.device
-        x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T.to(device)
+        device = device if device is not None else denoiser.schedule.device
+        x = start(shape, x_init, device, lambda s, d: torch.randn(s, generator=generator, device=d))
         trajectory = [x.cpu()] if return_trajectory else None
         ts = self.timesteps(denoiser.schedule)
-        bar = tqdm(ts, desc=type(self).__name__, leave=False, disable=not self.show_progress(len(ts)))
+        bar = tqdm(ts, desc=type(self).__name__, leave=False, disable=not show_progress(self.progress, len(ts)))
         for i, t in enumerate(bar):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1  # -1: the clean data, alpha_bar = 1
             x = self.step(denoiser, x, t, t_prev, generator)
             if trajectory is not None:
                 trajectory.append(x.cpu())
-        return (x, torch.stack(trajectory)) if return_trajectory else x
+        return finish(x, trajectory)
 
 
 def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

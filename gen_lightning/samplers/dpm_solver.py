@@ -42,10 +42,10 @@ class DPMSolverPP2MSampler(DiffusionSampler):
             raise ConfigError(f"DPM-Solver++ num_steps ({S}) must be <= the schedule's num_steps ({T})")
         return [round((T - 1) * (1 - k / S)) for k in range(S)]
 
-    def sample(self, denoiser: Denoiser, shape, generator=None, return_trajectory=False, x_T=None):
+    def sample(self, denoiser: Denoiser, shape, generator=None, return_trajectory=False, x_init=None, device=None):
         self._previous = None
         try:
-            return super().sample(denoiser, shape, generator, return_trajectory, x_T)
+            return super().sample(denoiser, shape, generator, return_trajectory, x_init, device)
         finally:
             self._previous = None
 

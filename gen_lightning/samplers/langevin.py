@@ -15,8 +15,9 @@ which sigma_1 (chosen about the largest distance between data points) makes near
 marginal at sigma_1 when the data is centred near 0. NCSN/NCSNv2 started from uniform noise on the
 image range instead; `init: uniform` does that on [-1, 1]. Callers may also pass `x_init`.
 
-The score function is passed in, `score(x, sigma) -> (B, *shape)` with sigma a (B,) tensor of noise
-levels; the sampler never owns a network.
+The sampler keeps the protocol of samplers/base.py, `sample(fn, shape, generator=..., return_trajectory=...,
+x_init=...)`, with `fn` a `NoiseConditionalScore`: the model's `score(x, sigma) -> (B, *shape)` (sigma a (B,)
+tensor of noise levels) and the levels it was trained on. The sampler never owns a network.
 """
 
 from __future__ import annotations
@@ -27,17 +28,28 @@ import torch
 from tqdm.auto import tqdm
 
 from gen_lightning.errors import ConfigError
+from gen_lightning.samplers.base import finish, start
 from gen_lightning.samplers.sigmas import GeometricSigmas
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Init = Literal["gaussian", "uniform"]
 
 
+class NoiseConditionalScore:
+    """What annealed Langevin follows: `score(x, sigma)` and the noise levels `sigmas` it was trained on."""
+
+    def __init__(self, score: ScoreFn, sigmas: GeometricSigmas):
+        self.score, self.sigmas = score, sigmas
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.score(x, sigma)
+
+
 class AnnealedLangevin:
     """Annealed Langevin dynamics over a `GeometricSigmas`, `n_steps_each` steps per level, step size eps * sigma_i^2 / sigma_L^2.
 
     `progress_bar_min_steps`: a tqdm bar is shown when the run takes at least this many steps
-    (L * n_steps_each); 0 always shows one.
+    (L * n_steps_each); 0 always shows one. `progress` (True/False) overrides it.
     """
 
     def __init__(
@@ -47,6 +59,7 @@ class AnnealedLangevin:
         denoise: bool = True,
         init: Init = "gaussian",
         progress_bar_min_steps: int = 2000,
+        progress: bool | None = None,
     ):
         if n_steps_each < 1:
             raise ConfigError(f"n_steps_each must be >= 1, got {n_steps_each}")
@@ -57,7 +70,7 @@ class AnnealedLangevin:
         if progress_bar_min_steps < 0:
             raise ConfigError(f"progress_bar_min_steps must be >= 0, got {progress_bar_min_steps}")
         self.n_steps_each, self.step_lr, self.denoise, self.init = n_steps_each, step_lr, denoise, init
-        self.progress_bar_min_steps = progress_bar_min_steps
+        self.progress_bar_min_steps, self.progress = progress_bar_min_steps, progress
 
     def network_evaluations(self, sigmas: GeometricSigmas) -> int:
         """Score evaluations per sample: L * n_steps_each, plus one for the denoising step."""
@@ -74,20 +87,20 @@ class AnnealedLangevin:
         return sigma_1 * torch.randn(shape, device=device, generator=generator)
 
     @torch.no_grad()
-    def __call__(
+    def sample(
         self,
-        score: ScoreFn,
-        sigmas: GeometricSigmas,
+        score: NoiseConditionalScore,
         shape: tuple[int, ...],
-        device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
-        x_init: torch.Tensor | None = None,
         return_trajectory: bool = False,
+        x_init: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Samples `shape` = (B, ...); with `return_trajectory`, also (L + 1 [+ 1], B, ...): the start, x after each level, the denoised x."""
-        levels = sigmas.to(device)  # (L,)
+        device = device if device is not None else (x_init.device if x_init is not None else "cpu")
+        levels = score.sigmas.to(device)  # (L,)
         alphas = self.step_sizes(levels)
-        x = self.initial(shape, levels[0].item(), device, generator) if x_init is None else x_init.to(device).clone()
+        x = start(shape, x_init, device, lambda s, d: self.initial(s, levels[0].item(), d, generator))
         trajectory = [x.cpu()] if return_trajectory else None
         bar = self._progress(len(levels) * self.n_steps_each)
         for sigma, alpha in zip(levels, alphas):
@@ -105,10 +118,11 @@ class AnnealedLangevin:
             x = x + levels[-1] ** 2 * score(x, levels[-1].expand(shape[0]))  # Tweedie: E[x0 | x] at sigma_L
             if trajectory is not None:
                 trajectory.append(x.cpu())
-        return (x, torch.stack(trajectory)) if return_trajectory else x
+        return finish(x, trajectory)
 
     def _progress(self, total: int):
-        if self.progress_bar_min_steps == 0 or total >= self.progress_bar_min_steps:
+        auto = self.progress_bar_min_steps == 0 or total >= self.progress_bar_min_steps
+        if self.progress if self.progress is not None else auto:
             return tqdm(total=total, desc="annealed Langevin", leave=False, dynamic_ncols=True)
         return None
 

@@ -4,8 +4,8 @@ A *field* is a callable `field(x, t) -> dx/dt` with `x` a batch `(B, ...)` and `
 Flow matching integrates its velocity from t = 0 (noise, N(0, I)) to t = 1 (data); the same code
 integrates any other field (DDPM's probability-flow ODE in `ddpm_ode_log_prob`) on any grid of times.
 
-Samplers (the same call shape as the diffusion samplers: `sample(field, shape, generator=...,
-return_trajectory=...)`, a tqdm bar on long runs):
+Samplers (the protocol of samplers/base.py: `sample(field, shape, generator=..., return_trajectory=...,
+x_init=...)`, a tqdm bar on long runs):
 
 - `EulerSampler(num_steps)`: x_{k+1} = x_k + h v(x_k, t_k); first order, `num_steps` evaluations.
 - `HeunSampler(num_steps)`: EDM's second-order step (Karras et al. 2022, Algorithm 1 without churn):
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import abc
 import math
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from gen_lightning.errors import ConfigError
+from gen_lightning.samplers.base import finish, show_progress, start
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -70,13 +70,13 @@ class ODESampler(abc.ABC):
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
         x_init: torch.Tensor | None = None,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x(1) of shape `shape`, from x(0) ~ N(0, I) drawn with `generator` (or the given `x_init`).
+        """x(1) of shape `shape`, from x(0) = `x_init` or ~ N(0, I) drawn with `generator` on `device`.
 
         With `return_trajectory`, also (S + 1, *shape) on the CPU: x(0), then x after each of the S steps.
         """
-        x = torch.randn(shape, generator=generator, device=device) if x_init is None else x_init
+        x = start(shape, x_init, device, lambda s, d: torch.randn(s, generator=generator, device=d))
         return self.integrate(field, x, 0.0, 1.0, return_trajectory)
 
     @torch.no_grad()
@@ -84,12 +84,12 @@ class ODESampler(abc.ABC):
         """x(t_end) from x(t_start); backwards in time when t_end < t_start (e.g. data -> noise)."""
         ts = self.times(t_start, t_end)
         trajectory = [x.cpu()] if return_trajectory else None
-        show = self.progress if self.progress is not None else self.sampling_steps >= 100 and sys.stderr.isatty()
+        show = show_progress(self.progress, self.sampling_steps)
         for t, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc=type(self).__name__, leave=False, disable=not show):
             x = self.step(field, x, t, t_next)
             if trajectory is not None:
                 trajectory.append(x.cpu())
-        return (x, torch.stack(trajectory)) if return_trajectory else x
+        return finish(x, trajectory)
 
 
 class EulerSampler(ODESampler):

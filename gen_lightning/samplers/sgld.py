@@ -12,6 +12,7 @@ far less noise than that (IGEBM: step 10, noise 0.005 on [0, 1] images; JEM: ste
 which samples a colder distribution, proportional to exp(-E / T) with T = noise_std^2 / (2 step_size):
 sharper samples, at the price of no longer being exact.
 
+The protocol of samplers/base.py: `sample(energy, shape, generator=..., return_trajectory=..., x_init=...)`.
 The network is passed in and never owned; only x gets gradients (the parameters' .grad stay
 untouched), and sampling works under no_grad and inference mode (e.g. in a test loop).
 """
@@ -22,6 +23,9 @@ import math
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from gen_lightning.samplers.base import finish, show_progress, start
 
 
 def langevin_noise_std(step_size: float) -> float:
@@ -45,6 +49,7 @@ class SGLD:
         step_size: float,
         noise_std: float,
         clamp: tuple[float, float] | None = None,
+        progress: bool | None = None,
     ):
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -56,6 +61,7 @@ class SGLD:
             raise ValueError(f"clamp must be (lo, hi) with lo < hi, got {tuple(clamp)}")
         self.num_steps, self.step_size, self.noise_std = num_steps, step_size, noise_std
         self.clamp = tuple(clamp) if clamp is not None else None
+        self.progress = progress
 
     @property
     def temperature(self) -> float:
@@ -67,21 +73,32 @@ class SGLD:
         x = x - self.step_size * energy_grad(energy, x) + self.noise_std * eps
         return x.clamp(*self.clamp) if self.clamp is not None else x
 
-    def __call__(
+    @torch.no_grad()
+    def sample(
         self,
         energy: nn.Module,
-        x0: torch.Tensor,
+        shape: tuple[int, ...],
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
-    ) -> torch.Tensor:
-        """Run the chains from x0 `(B, ...)`; returns x_K `(B, ...)`, or `(K + 1, B, ...)` with x0 first."""
+        x_init: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x_K `(B, ...)` from `x_init` (a replay buffer's entries, say) or uniform noise in the clamp box; with
+        `return_trajectory`, also `(K + 1, B, ...)` with the start first (on the chains' device)."""
+        if x_init is None and self.clamp is None:
+            raise ValueError("SGLD without a clamp box has no uniform start; pass x_init")
+        lo, hi = self.clamp if self.clamp is not None else (0.0, 1.0)
+        x = start(shape, x_init, device, lambda s, d: lo + (hi - lo) * torch.rand(s, generator=generator, device=d))
         # Gradients in x are needed even when called under no_grad or inference mode (sample() at test).
         with torch.inference_mode(False), torch.enable_grad():
-            x = x0.detach().clone()
+            x = x.detach().clone()
             x = x.clamp(*self.clamp) if self.clamp is not None else x
-            trajectory = [x.detach()]
+            trajectory = [x.detach()] if return_trajectory else None
+            bar = tqdm(total=self.num_steps, desc="SGLD", leave=False, disable=not show_progress(self.progress, self.num_steps))
             for _ in range(self.num_steps):
                 x = self.step(energy, x, generator).detach()
-                if return_trajectory:
+                bar.update(1)
+                if trajectory is not None:
                     trajectory.append(x)
-        return torch.stack(trajectory) if return_trajectory else x
+            bar.close()
+        return finish(x, trajectory)

@@ -130,6 +130,10 @@ def test_sample_from_noise_and_from_buffer():
     model.replay.fill_(0.5)
     z = model.sample(4, generator=torch.Generator().manual_seed(0), from_buffer=True)
     assert (z - 0.5).abs().max() < 0.2  # three steps of noise 0.01 from the buffer entries
+    model.sample_init = "buffer"  # the config's way: the same chains without from_buffer
+    torch.testing.assert_close(model.sample(4, generator=torch.Generator().manual_seed(0)), z)
+    with pytest.raises(ConfigError, match="sample_init must be"):
+        ebm(sample_init="replay")
     assert model.network_evaluations_per_sample == 3
     with pytest.raises(ConfigError, match="unconditional"):
         model.sample(2, labels=torch.zeros(2, dtype=torch.long))

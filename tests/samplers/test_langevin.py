@@ -10,7 +10,7 @@ import torch
 
 from gen_lightning.errors import ConfigError
 from gen_lightning.losses import dsm_loss
-from gen_lightning.samplers.langevin import AnnealedLangevin
+from gen_lightning.samplers.langevin import AnnealedLangevin, NoiseConditionalScore
 from gen_lightning.samplers.sigmas import GeometricSigmas, technique2_ratio_coverage
 
 
@@ -62,7 +62,7 @@ def test_step_sizes_and_network_evaluations():
     def counting_score(x, sigma):
         calls.append(sigma[0].item())
         return torch.zeros_like(x)
-    sampler(counting_score, sig, (4, 2))
+    sampler.sample(NoiseConditionalScore(counting_score, sig), (4, 2))
     assert sampler.network_evaluations(sig) == len(calls) == 2 * 3 + 1
     assert calls == pytest.approx([1.0] * 3 + [0.1] * 3 + [0.1])  # levels in order, then the denoising step at sigma_L
     assert AnnealedLangevin(n_steps_each=3, denoise=False).network_evaluations(sig) == 6
@@ -73,7 +73,7 @@ def test_langevin_with_zero_score_is_a_random_walk_of_known_variance():
     sig = GeometricSigmas(sigma_max=1.0, sigma_min=0.5, num_levels=2)
     sampler = AnnealedLangevin(n_steps_each=4, step_lr=0.01, denoise=False)
     g = torch.Generator().manual_seed(0)
-    x = sampler(lambda x, s: torch.zeros_like(x), sig, (20000, 1), x_init=torch.zeros(20000, 1), generator=g)
+    x = sampler.sample(NoiseConditionalScore(lambda x, s: torch.zeros_like(x), sig), (20000, 1), g, x_init=torch.zeros(20000, 1))
     expected = 4 * (0.01 * 4 + 0.01)  # alphas 0.04 and 0.01, 4 steps each
     assert x.var().item() == pytest.approx(expected, rel=0.05)  # SE of a variance over 20,000 draws: sqrt(2/N) = 1%
 
@@ -92,7 +92,7 @@ def test_langevin_on_a_gaussian_recovers_its_mean_and_variance():
     # 200 steps at alpha_L / (2v) = 0.038 each: (1 - 0.038)^200 ~ 4e-4 of the previous level's error is left
     for denoise, expected_var in [(False, v / (1 - eps / (4 * v))), (True, s**4 / v / (1 - eps / (4 * v)))]:
         sampler = AnnealedLangevin(n_steps_each=200, step_lr=eps, denoise=denoise)
-        x = sampler(gaussian_score(mu, s), sig, (n, dim), generator=torch.Generator().manual_seed(0))
+        x = sampler.sample(NoiseConditionalScore(gaussian_score(mu, s), sig), (n, dim), torch.Generator().manual_seed(0))
         # 40,000 values: SE of the mean sqrt(0.265 / 4e4) = 0.0026, of the variance 0.265 sqrt(2 / 4e4) = 0.0019
         assert x.mean().item() == pytest.approx(mu, abs=0.013)  # 5 SE
         assert x.var().item() == pytest.approx(expected_var, abs=0.01)  # 5 SE
@@ -102,15 +102,15 @@ def test_langevin_on_a_gaussian_recovers_its_mean_and_variance():
 def test_langevin_starts_from_the_sigma_1_prior_or_uniform_and_is_reproducible():
     sig = GeometricSigmas(sigma_max=3.0, sigma_min=0.1, num_levels=3)
     sampler = AnnealedLangevin(n_steps_each=2, step_lr=1e-3)
-    score = gaussian_score(0.0, 1.0)
-    a, traj = sampler(score, sig, (5000, 2), generator=torch.Generator().manual_seed(1), return_trajectory=True)
-    b = sampler(score, sig, (5000, 2), generator=torch.Generator().manual_seed(1))
+    score = NoiseConditionalScore(gaussian_score(0.0, 1.0), sig)
+    a, traj = sampler.sample(score, (5000, 2), torch.Generator().manual_seed(1), return_trajectory=True)
+    b = sampler.sample(score, (5000, 2), torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert traj.shape == (1 + 3 + 1, 5000, 2)  # start, after each level, denoised
     torch.testing.assert_close(traj[-1], a)
     assert traj[0].std().item() == pytest.approx(3.0, rel=0.03)  # x ~ N(0, sigma_1^2 I)
     uniform = AnnealedLangevin(n_steps_each=1, step_lr=1e-3, init="uniform")
-    _, traj = uniform(score, sig, (5000, 2), generator=torch.Generator().manual_seed(1), return_trajectory=True)
+    _, traj = uniform.sample(score, (5000, 2), torch.Generator().manual_seed(1), return_trajectory=True)
     assert traj[0].min() >= -1 and traj[0].max() <= 1 and traj[0].var().item() == pytest.approx(1 / 3, rel=0.05)
 
 

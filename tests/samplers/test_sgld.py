@@ -36,7 +36,7 @@ def test_coupled_noise_is_exact_langevin():
     sampler = SGLD(1, step_size=eta / 2, noise_std=langevin_noise_std(eta / 2))
     assert sampler.noise_std == pytest.approx(math.sqrt(eta)) and sampler.temperature == pytest.approx(1.0)
     x = torch.tensor([[0.3, 0.4], [2.0, -1.0]])
-    out = sampler(GaussianEnergy(MU, S), x, generator=torch.Generator().manual_seed(0))
+    out = sampler.sample(GaussianEnergy(MU, S), x.shape, torch.Generator().manual_seed(0), x_init=x)
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     grad_log_p = -(x - MU) / S**2
     torch.testing.assert_close(out, x + eta / 2 * grad_log_p + math.sqrt(eta) * eps)  # ULA, eta = 2 * step_size
@@ -55,7 +55,7 @@ def test_chains_reach_the_gaussian_mean_and_variance(step_size, noise_std):
     chains, steps = 20000, 300  # a^300 < 1e-5 for both settings
     sampler = SGLD(steps, step_size, noise_std)
     x0 = torch.randn(chains, 2, generator=torch.Generator().manual_seed(1)) * 3
-    x = sampler(GaussianEnergy(MU, S), x0, generator=torch.Generator().manual_seed(2))
+    x = sampler.sample(GaussianEnergy(MU, S), x0.shape, torch.Generator().manual_seed(2), x_init=x0)
     var = stationary_var(step_size, noise_std)
     se_mean, se_var = math.sqrt(var / chains), var * math.sqrt(2 / chains)
     assert torch.allclose(x.mean(0), MU, atol=5 * se_mean)
@@ -72,20 +72,21 @@ def test_coupled_variance_tends_to_the_target(eta):
 
 def test_without_noise_it_is_gradient_descent_to_the_mode():
     x0 = torch.tensor([[3.0, 3.0]])
-    x = SGLD(10, step_size=0.1, noise_std=0.0)(GaussianEnergy(MU, S), x0)
+    x = SGLD(10, step_size=0.1, noise_std=0.0).sample(GaussianEnergy(MU, S), x0.shape, x_init=x0)
     a = 1 - 0.1 / S**2  # 0.6
     torch.testing.assert_close(x, MU + a**10 * (x0 - MU))
 
 
 def test_trajectory_starts_at_x0_and_has_one_entry_per_step():
     x0 = torch.zeros(3, 2)
-    traj = SGLD(5, 0.01, 0.1)(GaussianEnergy(MU, S), x0, return_trajectory=True)
+    x, traj = SGLD(5, 0.01, 0.1).sample(GaussianEnergy(MU, S), x0.shape, return_trajectory=True, x_init=x0)
     assert traj.shape == (6, 3, 2)
     torch.testing.assert_close(traj[0], x0)
+    torch.testing.assert_close(traj[-1], x)
 
 
 def test_clamp_keeps_chains_in_range():
-    x = SGLD(20, 0.5, 1.0, clamp=(-1.0, 1.0))(GaussianEnergy(torch.tensor([5.0, 5.0]), 1.0), torch.zeros(100, 2))
+    x = SGLD(20, 0.5, 1.0, clamp=(-1.0, 1.0)).sample(GaussianEnergy(torch.tensor([5.0, 5.0]), 1.0), (100, 2), x_init=torch.zeros(100, 2))
     assert x.min() >= -1 and x.max() <= 1
     assert (x == 1).any()  # the mode lies outside, so chains pile up on the boundary
 
@@ -93,9 +94,9 @@ def test_clamp_keeps_chains_in_range():
 def test_seeded_generator_reproduces_and_parameters_get_no_grad():
     energy = GaussianEnergy(MU, S)
     sampler = SGLD(5, 0.01, 0.1)
-    a = sampler(energy, torch.zeros(4, 2), generator=torch.Generator().manual_seed(3))
+    a = sampler.sample(energy, (4, 2), torch.Generator().manual_seed(3), x_init=torch.zeros(4, 2))
     with torch.inference_mode():  # as in Lightning's test loop
-        b = sampler(energy, torch.zeros(4, 2), generator=torch.Generator().manual_seed(3))
+        b = sampler.sample(energy, (4, 2), torch.Generator().manual_seed(3), x_init=torch.zeros(4, 2))
     torch.testing.assert_close(a, b)
     assert energy.mu.grad is None
 
