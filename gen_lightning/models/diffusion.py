@@ -99,51 +99,6 @@ class DDPM(GenerativeModel):
     def network_evaluations_per_sample(self) -> int:
         return self.sampler.num_steps(self.schedule) * self.denoiser(None).evaluations_per_step
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        """Images in [-1, 1], the net's num_classes matching the model's kind, and one dummy pass of the right shape."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(
-                f"diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0), but {dm.dataset_name} "
-                f"yields {tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
-            )
-        self.check_dequantize(dm, self.dequantize)
-        want = dm.num_classes if self.conditional else None
-        have = getattr(self.net, "num_classes", None)
-        if have != want:
-            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
-                   else "use gen_lightning.models.diffusion.ConditionalDDPM, or set the net's num_classes: null")
-            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
-        shape = tuple(dm.data_shape)
-        x = torch.zeros(2, *shape, device=self.device)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        out = self.probe(self.net, lambda: self.net(x, torch.zeros(2, device=self.device), labels),
-                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
-        if tuple(out.shape) != (2, *shape):
-            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
-
-    # ---- what metrics.json says (MetricsWriter) ----------------------------------------------
-    @property
-    def omitted_metrics(self) -> dict[str, str]:
-        why = "the probability-flow likelihood needs the ODELikelihood callback; the variational bound is test/bpd_vlb"
-        omitted = {"test/nll_nats": why, "test/kl_data_model": why}  # (what a callback logs is not reported omitted)
-        if len(self.data_shape) != 3:
-            omitted["test/bpd_vlb"] = "the discretized decoder of the bound applies to 8-bit images only"
-        elif not self.vlb_bpd:
-            omitted["test/bpd_vlb"] = "vlb_bpd: false (the bound costs T network passes per test image)"
-        return omitted
-
-    @property
-    def metric_conventions(self) -> dict[str, str]:
-        conventions = {
-            "val/loss": f"simple {self.prediction}-prediction MSE on validation data, t and eps seeded by batch index",
-            "test/loss": f"simple {self.prediction}-prediction MSE on test data, t and eps seeded by batch index",
-        }
-        if len(self.data_shape) == 3 and self.vlb_bpd:
-            conventions["test/bpd_vlb"] = (
-                "variational bound L_0..L_T in bits/dim, 8-bit images scaled to [-1, 1], discretized decoder (DDPM eq. 13)")
-        return conventions
-
     # ---- training ---------------------------------------------------------------------------
     def training_labels(self, y: torch.Tensor) -> torch.Tensor | None:
         """The labels the net sees in training: none for the unconditional model."""
@@ -245,6 +200,51 @@ class DDPM(GenerativeModel):
         with eval_mode(self.net):
             _, path = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator, return_trajectory=True)
         return path
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images in [-1, 1], the net's num_classes matching the model's kind, and one dummy pass of the right shape."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(
+                f"diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0), but {dm.dataset_name} "
+                f"yields {tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
+            )
+        self.check_dequantize(dm, self.dequantize)
+        want = dm.num_classes if self.conditional else None
+        have = getattr(self.net, "num_classes", None)
+        if have != want:
+            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
+                   else "use gen_lightning.models.diffusion.ConditionalDDPM, or set the net's num_classes: null")
+            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
+        shape = tuple(dm.data_shape)
+        x = torch.zeros(2, *shape, device=self.device)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        out = self.probe(self.net, lambda: self.net(x, torch.zeros(2, device=self.device), labels),
+                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
+        if tuple(out.shape) != (2, *shape):
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
+
+    # ---- what metrics.json says (MetricsWriter) ----------------------------------------------
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        why = "the probability-flow likelihood needs the ODELikelihood callback; the variational bound is test/bpd_vlb"
+        omitted = {"test/nll_nats": why, "test/kl_data_model": why}  # (what a callback logs is not reported omitted)
+        if len(self.data_shape) != 3:
+            omitted["test/bpd_vlb"] = "the discretized decoder of the bound applies to 8-bit images only"
+        elif not self.vlb_bpd:
+            omitted["test/bpd_vlb"] = "vlb_bpd: false (the bound costs T network passes per test image)"
+        return omitted
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        conventions = {
+            "val/loss": f"simple {self.prediction}-prediction MSE on validation data, t and eps seeded by batch index",
+            "test/loss": f"simple {self.prediction}-prediction MSE on test data, t and eps seeded by batch index",
+        }
+        if len(self.data_shape) == 3 and self.vlb_bpd:
+            conventions["test/bpd_vlb"] = (
+                "variational bound L_0..L_T in bits/dim, 8-bit images scaled to [-1, 1], discretized decoder (DDPM eq. 13)")
+        return conventions
 
 
 class ConditionalDDPM(DDPM):

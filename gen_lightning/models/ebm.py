@@ -115,52 +115,7 @@ class EBM(GenerativeModel):
         self.network_evaluations_per_sample = sample_steps  # SGLD steps, each a forward and a backward pass of E
         self.register_buffer("replay", torch.empty(0))  # (buffer_size, *data_shape), allocated in bind_data
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        """Images in [-1, 1], or a box (init_range) for data without a value range; one energy per example."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(f"the EBM takes images in [-1, 1] (DESIGN.md), but {dm.dataset_name} yields "
-                              f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\"")
-        if dm.value_range is None and self.init_range is None:
-            raise ConfigError(f"{dm.dataset_name} has no value range, so the SGLD chains need a box to start in and "
-                              "stay in; set model.init_args.init_range, e.g. [-3, 3] for ring8")
-        x = torch.zeros(2, *dm.data_shape, device=self.device)
-        e = self.probe(self.energy, lambda: self.energy(x), f"the energy network cannot read data of shape {shape_text(tuple(dm.data_shape))}",
-                       "set its in_channels/image_size (ConvEnergy) or data_shape (MLPEnergy)")
-        if tuple(e.shape) != (2,):
-            raise ConfigError(f"the energy network must output one energy per example, shape (B,); got {tuple(e.shape)}")
-
-    def bind_data(self, dm) -> None:
-        super().bind_data(dm)
-        shape = (self.buffer_size, *self.data_shape)
-        if tuple(self.replay.shape) != shape:  # a fresh buffer of uniform noise; a checkpoint replaces it
-            self.replay = self.uniform_noise(self.buffer_size)
-
-    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
-    @property
-    def density_kind(self) -> str | None:
-        return "exact" if self.has_density else None  # 2-D: Z by a fine grid; images: Z is intractable
-
-    @property
-    def omitted_metrics(self) -> dict[str, str]:
-        if self.has_density:
-            return {"test/bpd": "2-D continuous data: bits/dim applies to 8-bit images"}
-        return {"test/nll_nats": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD,
-                "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"}
-
-    @property
-    def metric_conventions(self) -> dict[str, str]:
-        conventions = {
-            "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
-            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from "
-                        + ("uniform noise" if self.sample_init == "noise" else "replay-buffer entries (persistent chains)")
-                        + "; each step is one forward and one backward pass of E",
-        }
-        if self.has_density:
-            conventions["log_prob"] = (f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
-                                       f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll_nats per point")
-        return conventions
-
+    # ---- the chains' box and the saved buffer ------------------------------------------------
     @property
     def has_density(self) -> bool:
         """2-D data: Z is an integral over the box, computed on a grid, so log_prob exists."""
@@ -288,3 +243,49 @@ class EBM(GenerativeModel):
         else:
             x0 = self.uniform_noise(n, generator)
         return self.sgld(self.sample_steps).sample(self.energy, tuple(x0.shape), generator, x_init=x0)
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images in [-1, 1], or a box (init_range) for data without a value range; one energy per example."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(f"the EBM takes images in [-1, 1] (DESIGN.md), but {dm.dataset_name} yields "
+                              f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\"")
+        if dm.value_range is None and self.init_range is None:
+            raise ConfigError(f"{dm.dataset_name} has no value range, so the SGLD chains need a box to start in and "
+                              "stay in; set model.init_args.init_range, e.g. [-3, 3] for ring8")
+        x = torch.zeros(2, *dm.data_shape, device=self.device)
+        e = self.probe(self.energy, lambda: self.energy(x), f"the energy network cannot read data of shape {shape_text(tuple(dm.data_shape))}",
+                       "set its in_channels/image_size (ConvEnergy) or data_shape (MLPEnergy)")
+        if tuple(e.shape) != (2,):
+            raise ConfigError(f"the energy network must output one energy per example, shape (B,); got {tuple(e.shape)}")
+
+    def bind_data(self, dm) -> None:
+        super().bind_data(dm)
+        shape = (self.buffer_size, *self.data_shape)
+        if tuple(self.replay.shape) != shape:  # a fresh buffer of uniform noise; a checkpoint replaces it
+            self.replay = self.uniform_noise(self.buffer_size)
+
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    @property
+    def density_kind(self) -> str | None:
+        return "exact" if self.has_density else None  # 2-D: Z by a fine grid; images: Z is intractable
+
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        if self.has_density:
+            return {"test/bpd": "2-D continuous data: bits/dim applies to 8-bit images"}
+        return {"test/nll_nats": NO_LIKELIHOOD, "test/bpd": NO_LIKELIHOOD,
+                "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"}
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        conventions = {
+            "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
+            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from "
+                        + ("uniform noise" if self.sample_init == "noise" else "replay-buffer entries (persistent chains)")
+                        + "; each step is one forward and one backward pass of E",
+        }
+        if self.has_density:
+            conventions["log_prob"] = (f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "
+                                       f"{self.grid_size}x{self.grid_size} midpoint rule; test/nll_nats per point")
+        return conventions

@@ -101,66 +101,6 @@ class Flow(GenerativeModel):
         """8-bit images `(C, H, W)` are dequantized (and logit-transformed) before the flow; 2-D data is not."""
         return self.data_shape is not None and len(self.data_shape) == 3
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        """Images must be 8-bit values in [0, 1] (not binarized); the net must map the data's shape to itself."""
-        data_shape = tuple(dm.data_shape)
-        if len(data_shape) == 3:
-            if dm.value_range is None or tuple(dm.value_range) != (0.0, 1.0):
-                raise ConfigError(
-                    f"a flow dequantizes 8-bit images in [0, 1], but {dm.dataset_name} yields {dm.value_range}; "
-                    "set data.init_args.value_range: \"0,1\""
-                )
-            if dm.binarize != "none":
-                raise ConfigError(
-                    f"a flow models 8-bit intensities, but {dm.dataset_name} is binarized ({dm.binarize}); "
-                    "set data.init_args.binarize: none"
-                )
-        self._check_net(data_shape)
-        if self.dequantizer is not None:
-            in_shape = tuple(getattr(self.dequantizer, "in_shape", data_shape))
-            if len(data_shape) != 3 or in_shape != data_shape:
-                raise ConfigError(
-                    f"the dequantizer is for 8-bit images of shape {in_shape}, but {dm.dataset_name} has shape {data_shape}; "
-                    "set its in_channels/image_size to the data's, or remove it (2-D data is not dequantized)"
-                )
-
-    def _check_net(self, data_shape: tuple[int, ...]) -> None:
-        x = torch.full((2, *data_shape), 0.5, device=self.device)
-        z, logdet = self.probe(self.net, lambda: self.net(x), f"the flow net cannot read data of shape {shape_text(data_shape)}",
-                               "set the net's in_channels/image_size (or dim) to the data's shape")
-        if tuple(z.shape) != tuple(x.shape) or tuple(logdet.shape) != (2,):
-            raise ConfigError(
-                f"the flow net maps {shape_text(data_shape)} to z {shape_text(z.shape[1:])} and logdet {tuple(logdet.shape)}; "
-                f"it must keep the data's shape and give one log-det per example; set its in_channels/image_size (or dim)"
-            )
-
-    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
-    density_kind = "exact"  # change of variables (of one dequantized draw, for images)
-
-    @property
-    def omitted_metrics(self) -> dict[str, str]:
-        if self.is_image:
-            return {}
-        return dict.fromkeys(("val/bpd", "test/bpd"), f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images")
-
-    @property
-    def metric_conventions(self) -> dict[str, str]:
-        d = math.prod(self.data_shape)
-        conventions = {"test/nll_nats": "-log p(x) per example in nats, exact (change of variables)"}
-        if self.is_image:
-            logit = (f"; the flow sees w = logit({self.logit_alpha} + {1 - 2 * self.logit_alpha:g} y), its Jacobian included"
-                     if self.logit_alpha is not None else "")
-            conventions["test/nll_nats"] = (
-                "-log p(y) per image in nats of the uniformly dequantized y = (k + u)/256, u ~ U[0,1)^D, one seeded "
-                f"draw per test batch{logit}"
-            ) if self.dequantizer is None else (
-                "-[log p(y) - log q(u|x)] per image in nats, y = (k + u)/256 with u ~ q(u|x) (variational "
-                f"dequantization, Flow++), one seeded draw per test batch{logit}: a bound in expectation"
-            )
-            conventions["bits_per_dim"] = f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
-        return conventions
-
     # ---- the density --------------------------------------------------------------------
     def dequantize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """8-bit images -> y = (k + u)/256 and log q(u | x) per example (0 for uniform noise)."""
@@ -253,3 +193,63 @@ class Flow(GenerativeModel):
         with eval_mode(self.net):
             w = self.net.inverse(z)
         return self.postprocess(w.float())
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images must be 8-bit values in [0, 1] (not binarized); the net must map the data's shape to itself."""
+        data_shape = tuple(dm.data_shape)
+        if len(data_shape) == 3:
+            if dm.value_range is None or tuple(dm.value_range) != (0.0, 1.0):
+                raise ConfigError(
+                    f"a flow dequantizes 8-bit images in [0, 1], but {dm.dataset_name} yields {dm.value_range}; "
+                    "set data.init_args.value_range: \"0,1\""
+                )
+            if dm.binarize != "none":
+                raise ConfigError(
+                    f"a flow models 8-bit intensities, but {dm.dataset_name} is binarized ({dm.binarize}); "
+                    "set data.init_args.binarize: none"
+                )
+        self._check_net(data_shape)
+        if self.dequantizer is not None:
+            in_shape = tuple(getattr(self.dequantizer, "in_shape", data_shape))
+            if len(data_shape) != 3 or in_shape != data_shape:
+                raise ConfigError(
+                    f"the dequantizer is for 8-bit images of shape {in_shape}, but {dm.dataset_name} has shape {data_shape}; "
+                    "set its in_channels/image_size to the data's, or remove it (2-D data is not dequantized)"
+                )
+
+    def _check_net(self, data_shape: tuple[int, ...]) -> None:
+        x = torch.full((2, *data_shape), 0.5, device=self.device)
+        z, logdet = self.probe(self.net, lambda: self.net(x), f"the flow net cannot read data of shape {shape_text(data_shape)}",
+                               "set the net's in_channels/image_size (or dim) to the data's shape")
+        if tuple(z.shape) != tuple(x.shape) or tuple(logdet.shape) != (2,):
+            raise ConfigError(
+                f"the flow net maps {shape_text(data_shape)} to z {shape_text(z.shape[1:])} and logdet {tuple(logdet.shape)}; "
+                f"it must keep the data's shape and give one log-det per example; set its in_channels/image_size (or dim)"
+            )
+
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    density_kind = "exact"  # change of variables (of one dequantized draw, for images)
+
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        if self.is_image:
+            return {}
+        return dict.fromkeys(("val/bpd", "test/bpd"), f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images")
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        d = math.prod(self.data_shape)
+        conventions = {"test/nll_nats": "-log p(x) per example in nats, exact (change of variables)"}
+        if self.is_image:
+            logit = (f"; the flow sees w = logit({self.logit_alpha} + {1 - 2 * self.logit_alpha:g} y), its Jacobian included"
+                     if self.logit_alpha is not None else "")
+            conventions["test/nll_nats"] = (
+                "-log p(y) per image in nats of the uniformly dequantized y = (k + u)/256, u ~ U[0,1)^D, one seeded "
+                f"draw per test batch{logit}"
+            ) if self.dequantizer is None else (
+                "-[log p(y) - log q(u|x)] per image in nats, y = (k + u)/256 with u ~ q(u|x) (variational "
+                f"dequantization, Flow++), one seeded draw per test batch{logit}: a bound in expectation"
+            )
+            conventions["bits_per_dim"] = f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
+        return conventions

@@ -98,26 +98,7 @@ class FlowMatching(GenerativeModel):
         guided = self.conditional and self.guidance_scale not in (0.0, 1.0)
         return self.sampler.evaluations * (2 if guided else 1)
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        self.check_dequantize(dm, self.dequantize)
-        want = dm.num_classes if self.conditional else None
-        have = getattr(self.net, "num_classes", None)
-        if have != want:
-            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
-                   else "use gen_lightning.models.flow_matching.ConditionalFlowMatching, or set the net's num_classes: null")
-            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
-        shape = tuple(dm.data_shape)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        out = self.probe(self.net, lambda: self.net(torch.zeros(2, *shape, device=self.device), torch.zeros(2, device=self.device), labels),
-                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
-        if tuple(out.shape) != (2, *shape):
-            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
-
-    # ---- what metrics.json says (MetricsWriter); what callbacks.ODELikelihood logs is not reported omitted ----
-    omitted_metrics = dict.fromkeys(("test/nll_nats", "test/kl_data_model"), "the probability-flow likelihood needs the ODELikelihood callback")
-    metric_conventions = {"test/loss": "flow matching MSE on test data, t and x0 seeded by batch index"}
-
+    # ---- reflow: the teacher --------------------------------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit" and self.reflow_from and not self._teacher:
@@ -220,6 +201,26 @@ class FlowMatching(GenerativeModel):
             _, path = self.sampler.sample(self.velocity(labels), (n, *self.data_shape), generator=generator,
                                           return_trajectory=True, device=self.device)
         return path
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        self.check_dequantize(dm, self.dequantize)
+        want = dm.num_classes if self.conditional else None
+        have = getattr(self.net, "num_classes", None)
+        if have != want:
+            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
+                   else "use gen_lightning.models.flow_matching.ConditionalFlowMatching, or set the net's num_classes: null")
+            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
+        shape = tuple(dm.data_shape)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        out = self.probe(self.net, lambda: self.net(torch.zeros(2, *shape, device=self.device), torch.zeros(2, device=self.device), labels),
+                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
+        if tuple(out.shape) != (2, *shape):
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
+
+    # ---- what metrics.json says (MetricsWriter); what callbacks.ODELikelihood logs is not reported omitted ----
+    omitted_metrics = dict.fromkeys(("test/nll_nats", "test/kl_data_model"), "the probability-flow likelihood needs the ODELikelihood callback")
+    metric_conventions = {"test/loss": "flow matching MSE on test data, t and x0 seeded by batch index"}
 
 
 class ConditionalFlowMatching(FlowMatching):

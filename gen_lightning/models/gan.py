@@ -126,52 +126,6 @@ class GAN(GenerativeModel):
             "wgan-gp": (losses.d_loss_wgan, losses.g_loss_wgan),
         }[loss]
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        """Images must be in [-1, 1] (G ends in tanh), and one dummy pass of G and D must fit the data's shape."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(
-                f"a GAN generator ends in tanh, so images must be in [-1, 1], but {dm.dataset_name} yields "
-                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
-            )
-        if self.conditional and dm.num_classes is None:
-            raise ConfigError(
-                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
-                "use labeled data (MNIST, CIFAR-10) or the unconditional gen_lightning.models.gan.GAN"
-            )
-        self.check_classes(dm)
-        data_shape = tuple(dm.data_shape)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        z = torch.zeros(2, self.latent_dim, device=self.device)
-        g = self.generator
-        x = self.probe(g, lambda: g(z) if labels is None else g(z, labels), f"the generator cannot read latents {shape_text((self.latent_dim,))}",
-                       f"set the generator's latent_dim to {self.latent_dim}")
-        if tuple(x.shape[1:]) != data_shape:
-            raise ConfigError(
-                f"the generator outputs {shape_text(x.shape[1:])} but {dm.dataset_name} has shape {shape_text(data_shape)}; "
-                "set the generator's channels/image_size (DCGAN) or data_shape (MLP)"
-            )
-        pack = getattr(self.discriminator, "pack", 1)  # PacGAN: one logit per `pack` examples
-        x = torch.zeros(2 * pack, *data_shape, device=self.device)
-        d = self.discriminator
-        logits = self.probe(d, lambda: d(x) if labels is None else d(x, labels),
-                            f"the discriminator cannot read data of shape {shape_text(data_shape)}",
-                            "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
-        if tuple(logits.shape) != (2,):
-            raise ConfigError(f"the discriminator must output one logit per example (or pack), shape (B,); "
-                              f"got {tuple(logits.shape)} for {2 * pack} examples")
-
-    def check_classes(self, dm) -> None:
-        """The networks' num_classes must be the data's for a conditional GAN, and None otherwise."""
-        want = dm.num_classes if self.conditional else None
-        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
-            have = getattr(net, "num_classes", None)
-            if have != want:
-                fix = f"set model.init_args.{name}.init_args.num_classes: {want}" if self.conditional else (
-                    f"use gen_lightning.models.gan.ConditionalGAN, or set the {name}'s num_classes: null")
-                raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on "
-                                  f"{dm.dataset_name} needs {want}; {fix}")
-
     # ---- the two players ------------------------------------------------------------------
     def labels_of(self, y: torch.Tensor) -> torch.Tensor | None:
         """The labels the networks see: the batch's for a conditional GAN, none otherwise."""
@@ -272,6 +226,52 @@ class GAN(GenerativeModel):
         with eval_mode(self.generator):
             x = self.generate(n, labels, generator)
         return x if self.value_range is None else x.clamp(*self.value_range)
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images must be in [-1, 1] (G ends in tanh), and one dummy pass of G and D must fit the data's shape."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(
+                f"a GAN generator ends in tanh, so images must be in [-1, 1], but {dm.dataset_name} yields "
+                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
+            )
+        if self.conditional and dm.num_classes is None:
+            raise ConfigError(
+                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
+                "use labeled data (MNIST, CIFAR-10) or the unconditional gen_lightning.models.gan.GAN"
+            )
+        self.check_classes(dm)
+        data_shape = tuple(dm.data_shape)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        z = torch.zeros(2, self.latent_dim, device=self.device)
+        g = self.generator
+        x = self.probe(g, lambda: g(z) if labels is None else g(z, labels), f"the generator cannot read latents {shape_text((self.latent_dim,))}",
+                       f"set the generator's latent_dim to {self.latent_dim}")
+        if tuple(x.shape[1:]) != data_shape:
+            raise ConfigError(
+                f"the generator outputs {shape_text(x.shape[1:])} but {dm.dataset_name} has shape {shape_text(data_shape)}; "
+                "set the generator's channels/image_size (DCGAN) or data_shape (MLP)"
+            )
+        pack = getattr(self.discriminator, "pack", 1)  # PacGAN: one logit per `pack` examples
+        x = torch.zeros(2 * pack, *data_shape, device=self.device)
+        d = self.discriminator
+        logits = self.probe(d, lambda: d(x) if labels is None else d(x, labels),
+                            f"the discriminator cannot read data of shape {shape_text(data_shape)}",
+                            "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
+        if tuple(logits.shape) != (2,):
+            raise ConfigError(f"the discriminator must output one logit per example (or pack), shape (B,); "
+                              f"got {tuple(logits.shape)} for {2 * pack} examples")
+
+    def check_classes(self, dm) -> None:
+        """The networks' num_classes must be the data's for a conditional GAN, and None otherwise."""
+        want = dm.num_classes if self.conditional else None
+        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
+            have = getattr(net, "num_classes", None)
+            if have != want:
+                fix = f"set model.init_args.{name}.init_args.num_classes: {want}" if self.conditional else (
+                    f"use gen_lightning.models.gan.ConditionalGAN, or set the {name}'s num_classes: null")
+                raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on "
+                                  f"{dm.dataset_name} needs {want}; {fix}")
 
 
 class ConditionalGAN(GAN):

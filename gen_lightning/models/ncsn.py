@@ -91,35 +91,6 @@ class NCSN(GenerativeModel):
             return self.sampler.evaluations + 1  # the final denoising step
         return self.sampler.network_evaluations(self.sigmas)
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        """Images must be in [-1, 1] (the sigmas are set for it), and the net must map data to data's shape."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(
-                f"NCSN's sigmas and step sizes are set for images in [-1, 1], but {dm.dataset_name} yields "
-                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
-            )
-        self.check_dequantize(dm, self.dequantize)
-        data_shape = tuple(dm.data_shape)
-        x = torch.zeros(2, *data_shape, device=self.device)
-        out = self.probe(self.net, lambda: self.score(x, self.sigmas.to(self.device)[:2]), f"the net cannot read data of shape "
-                         f"{shape_text(data_shape)}", "set the net's in_channels/image_size (UNet) or dim (DenoiserMLP)")
-        if tuple(out.shape[1:]) != data_shape:
-            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} for data of shape {shape_text(data_shape)}; "
-                              "a score has the data's shape: set the net's out_channels to the data's channels")
-
-    # ---- what metrics.json says (MetricsWriter); what callbacks.ODELikelihood logs is not reported omitted ----
-    omitted_metrics = dict.fromkeys(("test/nll_nats", "test/bpd", "test/kl_data_model"), NO_LIKELIHOOD)
-
-    @property
-    def metric_conventions(self) -> dict[str, str]:
-        ode = " (the probability-flow ODE, then Tweedie's denoising step at sigma_L)" if isinstance(self.sampler, ODESampler) else ""
-        return {
-            "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
-                         "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
-            "sampler": f"{self.sampler!r} over {self.sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample{ode}",
-        }
-
     # ---- the score ------------------------------------------------------------------------
     def noise_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """t(sigma) = 999 log(sigma / sigma_L) / log(sigma_1 / sigma_L): (B,) in [0, 999] for the net's embedding."""
@@ -214,3 +185,32 @@ class NCSN(GenerativeModel):
         x, trajectory = out if return_trajectory else (out, None)
         x = x if self.value_range is None else x.clamp(*self.value_range)
         return (x, trajectory) if return_trajectory else x
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """Images must be in [-1, 1] (the sigmas are set for it), and the net must map data to data's shape."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(
+                f"NCSN's sigmas and step sizes are set for images in [-1, 1], but {dm.dataset_name} yields "
+                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
+            )
+        self.check_dequantize(dm, self.dequantize)
+        data_shape = tuple(dm.data_shape)
+        x = torch.zeros(2, *data_shape, device=self.device)
+        out = self.probe(self.net, lambda: self.score(x, self.sigmas.to(self.device)[:2]), f"the net cannot read data of shape "
+                         f"{shape_text(data_shape)}", "set the net's in_channels/image_size (UNet) or dim (DenoiserMLP)")
+        if tuple(out.shape[1:]) != data_shape:
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} for data of shape {shape_text(data_shape)}; "
+                              "a score has the data's shape: set the net's out_channels to the data's channels")
+
+    # ---- what metrics.json says (MetricsWriter); what callbacks.ODELikelihood logs is not reported omitted ----
+    omitted_metrics = dict.fromkeys(("test/nll_nats", "test/bpd", "test/kl_data_model"), NO_LIKELIHOOD)
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        ode = " (the probability-flow ODE, then Tweedie's denoising step at sigma_L)" if isinstance(self.sampler, ODESampler) else ""
+        return {
+            "val/loss": ("denoising score matching loss, lambda(sigma) = sigma^2, 1/2 ||sigma s(x + sigma z, sigma) + z||^2 "
+                         "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
+            "sampler": f"{self.sampler!r} over {self.sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample{ode}",
+        }

@@ -80,71 +80,6 @@ class VAE(GenerativeModel):
         self.optimizer_callable = optimizer
         self.scheduler_callable = scheduler  # stepped once per epoch
 
-    # ---- data contract ----------------------------------------------------------------
-    def check_data(self, dm) -> None:
-        """The likelihood must fit the data, and the nets' shapes must fit both."""
-        self.likelihood.check(dm)
-        self._check_encoder(tuple(dm.data_shape))
-        self._check_decoder(tuple(dm.data_shape))
-
-    def _check_encoder(self, data_shape: tuple[int, ...]) -> None:
-        x = torch.zeros(2, *data_shape, device=self.device)
-        h = self.probe(self.encoder, lambda: self.encoder(x), f"the encoder cannot read data of shape {shape_text(data_shape)}",
-                       "set the encoder's in_shape/in_channels/image_size to the data's shape")
-        if tuple(h.shape[1:]) != (2 * self.latent_dim,):
-            raise ConfigError(
-                f"the encoder outputs {shape_text(h.shape[1:])} but latent_dim={self.latent_dim} needs "
-                f"{shape_text((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
-            )
-
-    def _check_decoder(self, data_shape: tuple[int, ...]) -> None:
-        z = torch.zeros(2, self.latent_dim, device=self.device)
-        params = self.probe(self.decoder, lambda: self.decoder(z), f"the decoder cannot read latents of shape {shape_text((self.latent_dim,))}",
-                            f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
-        need = self.likelihood.param_shape(data_shape)
-        if tuple(params.shape[1:]) != need:
-            raise ConfigError(
-                f"the decoder outputs {shape_text(params.shape[1:])} but {type(self.likelihood).__name__} needs {shape_text(need)} "
-                f"for data of shape {data_shape}; set the decoder's out_shape/out_channels/image_size"
-            )
-
-    def _bpd_omitted_reason(self) -> str | None:
-        """Why bits/dim does not apply to this data and likelihood, or None when it does."""
-        if len(self.data_shape) != 3:
-            return f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
-        if not (self.likelihood.discrete or self.likelihood.dequantize):
-            return (
-                f"{type(self.likelihood).__name__} is a density on images that are not dequantized, so its NLL is "
-                "not a bound on the 8-bit data's; set the likelihood's dequantize: true"
-            )
-        return None
-
-    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
-    density_kind = "bound"  # log_prob is the IWAE estimate: a lower bound on log p(x) in expectation
-
-    @property
-    def omitted_metrics(self) -> dict[str, str]:
-        bpd_reason = self._bpd_omitted_reason()
-        return {} if bpd_reason is None else dict.fromkeys(("val/bpd", "test/bpd_elbo", "test/bpd"), bpd_reason)
-
-    @property
-    def metric_conventions(self) -> dict[str, str]:
-        conventions = {
-            "likelihood": self.likelihood.describe(),
-            "test/nelbo_nats": "negative ELBO (beta = 1) per example in nats, one z ~ q(z|x) per example",
-            "test/nll_nats": (
-                f"-log p(x) per example in nats, importance-weighted with k={self.iw_samples} samples of q(z|x) "
-                "(Burda et al. 2016, eq. 8): an upper bound on the true NLL in expectation"
-            ),
-        }
-        if self._bpd_omitted_reason() is None:
-            d = math.prod(self.data_shape)
-            conventions["bits_per_dim"] = (
-                f"nll / (D ln 2), D = {d}" if self.likelihood.discrete
-                else f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
-            )
-        return conventions
-
     # ---- the model --------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z | x), each `(B, latent_dim)`, in float32."""
@@ -266,3 +201,68 @@ class VAE(GenerativeModel):
             z = (1 - t) * mu_a[:, None] + t * mu_b[:, None]  # (B, 1, L) -> (B, steps, L)
             params = self.decode(z.flatten(0, 1))  # (B, steps, L) -> (B*steps, L) -> (B*steps, P*C, *rest)
         return self._observe(params, None)
+
+    # ---- data contract ----------------------------------------------------------------
+    def check_data(self, dm) -> None:
+        """The likelihood must fit the data, and the nets' shapes must fit both."""
+        self.likelihood.check(dm)
+        self._check_encoder(tuple(dm.data_shape))
+        self._check_decoder(tuple(dm.data_shape))
+
+    def _check_encoder(self, data_shape: tuple[int, ...]) -> None:
+        x = torch.zeros(2, *data_shape, device=self.device)
+        h = self.probe(self.encoder, lambda: self.encoder(x), f"the encoder cannot read data of shape {shape_text(data_shape)}",
+                       "set the encoder's in_shape/in_channels/image_size to the data's shape")
+        if tuple(h.shape[1:]) != (2 * self.latent_dim,):
+            raise ConfigError(
+                f"the encoder outputs {shape_text(h.shape[1:])} but latent_dim={self.latent_dim} needs "
+                f"{shape_text((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
+            )
+
+    def _check_decoder(self, data_shape: tuple[int, ...]) -> None:
+        z = torch.zeros(2, self.latent_dim, device=self.device)
+        params = self.probe(self.decoder, lambda: self.decoder(z), f"the decoder cannot read latents of shape {shape_text((self.latent_dim,))}",
+                            f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
+        need = self.likelihood.param_shape(data_shape)
+        if tuple(params.shape[1:]) != need:
+            raise ConfigError(
+                f"the decoder outputs {shape_text(params.shape[1:])} but {type(self.likelihood).__name__} needs {shape_text(need)} "
+                f"for data of shape {data_shape}; set the decoder's out_shape/out_channels/image_size"
+            )
+
+    def _bpd_omitted_reason(self) -> str | None:
+        """Why bits/dim does not apply to this data and likelihood, or None when it does."""
+        if len(self.data_shape) != 3:
+            return f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
+        if not (self.likelihood.discrete or self.likelihood.dequantize):
+            return (
+                f"{type(self.likelihood).__name__} is a density on images that are not dequantized, so its NLL is "
+                "not a bound on the 8-bit data's; set the likelihood's dequantize: true"
+            )
+        return None
+
+    # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
+    density_kind = "bound"  # log_prob is the IWAE estimate: a lower bound on log p(x) in expectation
+
+    @property
+    def omitted_metrics(self) -> dict[str, str]:
+        bpd_reason = self._bpd_omitted_reason()
+        return {} if bpd_reason is None else dict.fromkeys(("val/bpd", "test/bpd_elbo", "test/bpd"), bpd_reason)
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        conventions = {
+            "likelihood": self.likelihood.describe(),
+            "test/nelbo_nats": "negative ELBO (beta = 1) per example in nats, one z ~ q(z|x) per example",
+            "test/nll_nats": (
+                f"-log p(x) per example in nats, importance-weighted with k={self.iw_samples} samples of q(z|x) "
+                "(Burda et al. 2016, eq. 8): an upper bound on the true NLL in expectation"
+            ),
+        }
+        if self._bpd_omitted_reason() is None:
+            d = math.prod(self.data_shape)
+            conventions["bits_per_dim"] = (
+                f"nll / (D ln 2), D = {d}" if self.likelihood.discrete
+                else f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
+            )
+        return conventions

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from gen_lightning.errors import ConfigError
-from gen_lightning.likelihoods import Bernoulli
-from gen_lightning.models.autoregressive import AutoregressiveModel, Categorical256, MixtureOfGaussians
+from gen_lightning import likelihoods
+from gen_lightning.likelihoods import Bernoulli, Categorical256, MixtureOfGaussians
+from gen_lightning.models.autoregressive import AutoregressiveModel
 from gen_lightning.nets.made import MADE
 from gen_lightning.nets.nade import NADE
 from gen_lightning.nets.pixelcnn import GatedPixelCNN
@@ -171,3 +172,11 @@ def test_training_cycles_through_the_masks_and_validation_averages_them():
     trainer.fit(model, datamodule=dm)
     probe, train, val = net.seen[0], net.seen[1:5], net.seen[5:]  # setup checks the net's output shape once
     assert probe == 0 and train == [0, 1, 2, 0] and val == [0, 1, 2]  # step k uses mask k % 3; validation all 3
+
+
+def test_the_conditionals_moved_to_likelihoods_keep_their_old_import_path():
+    """Configs and checkpoints of earlier versions name gen_lightning.models.autoregressive.Categorical256."""
+    from gen_lightning.models import autoregressive
+
+    assert autoregressive.Categorical256 is likelihoods.Categorical256
+    assert autoregressive.MixtureOfGaussians is likelihoods.MixtureOfGaussians
