@@ -1,7 +1,12 @@
 """Training stability and speed, measured the same way for every family.
 
 `FitStats` (during `gen fit`) records every `train/*` scalar at every step, the number of
-non-finite losses, the wall time and the training throughput. Its summary travels in every
+non-finite losses, the wall time and the training throughput. It never synchronises the device per
+step: a `float()` of a GPU scalar or a `torch.cuda.synchronize` each step would serialise the
+pipeline, so the scalars stay on the device and are copied out together every
+`trainer.log_every_n_steps` steps (when Lightning logs anyway), and the clock is synchronised only
+where training pauses (epoch ends and validation), which keeps data loading inside the measured
+training time. Its summary travels in every
 checkpoint, so `gen test --ckpt_path` reads it back and puts it in metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
 Every figure carries the device, dtype and batch size it was measured with.
 """
@@ -54,29 +59,63 @@ class FitStats(ReportingCallback):
         self.history: dict[str, list[float]] = {}
         self.train_seconds = 0.0
         self.images = 0
+        self.batches = 0
         self.batch_size = 0
+        self.segment_start: float | None = None  # the clock of the training stretch under way
+        self._pending: dict[str, list[torch.Tensor]] = {}  # this stretch's scalars, still on the device
         self.fitted: dict = {}  # the summary of the fit: this process's, or the one in the checkpoint tested
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.fit_start = time.perf_counter()
         self.wall_before = getattr(self, "wall_before", 0.0)  # from an earlier run this one resumes
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    # ---- the clock runs while training, stops for validation; synchronised only there ---------
+    def resume_clock(self, pl_module) -> None:
         _sync(pl_module.device)
-        self.batch_start = time.perf_counter()
+        self.segment_start = time.perf_counter()
+
+    def stop_clock(self, pl_module) -> None:
+        if self.segment_start is not None:
+            _sync(pl_module.device)
+            self.train_seconds += time.perf_counter() - self.segment_start
+            self.segment_start = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.resume_clock(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.stop_clock(pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training or self.segment_start is not None:  # validation inside a training epoch
+            self.stop_clock(pl_module)
+            self._resume_after_validation = True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if getattr(self, "_resume_after_validation", False):
+            self._resume_after_validation = False
+            self.resume_clock(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        _sync(pl_module.device)
-        self.train_seconds += time.perf_counter() - self.batch_start
         n = batch[0].shape[0] if isinstance(batch, (tuple, list)) else len(batch)
         self.images += n * trainer.world_size
         self.batch_size = max(self.batch_size, n)  # the configured size, not a short last batch
-        for key, value in trainer.callback_metrics.items():
+        self.batches += 1
+        for key, value in trainer.callback_metrics.items():  # kept on the device: no float() here
             if key.startswith("train/") and not key.endswith("_epoch") and value.numel() == 1:
-                self.history.setdefault(key.removesuffix("_step"), []).append(float(value))
+                self._pending.setdefault(key.removesuffix("_step"), []).append(value.detach().reshape(()).clone())
+        if self.batches % max(1, trainer.log_every_n_steps) == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the scalars kept on the device into `history`: one transfer (and sync) per scalar name."""
+        for key, values in getattr(self, "_pending", {}).items():
+            self.history.setdefault(key, []).extend(torch.stack(values).float().cpu().tolist())
+        self._pending = {}
 
     def summary(self) -> dict:
-        stats: dict = {"steps": max((len(v) for v in self.history.values()), default=0)}
+        self.flush()
+        stats: dict = {"steps": self.batches}
         for key, values in sorted(self.history.items()):
             tail = values[-max(1, int(len(values) * self.tail_fraction)) :]
             name = key.removeprefix("train/")
@@ -89,12 +128,14 @@ class FitStats(ReportingCallback):
 
     def report(self, trainer, pl_module) -> dict:
         wall = self.wall_before + time.perf_counter() - self.fit_start
+        running = time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0
+        train_seconds = self.train_seconds + running  # mid-epoch (a checkpoint, an interruption): the stretch so far
         return {
             "stability": self.summary(),
             "speed": {
                 "fit_wall_seconds": wall,
-                "train_seconds": self.train_seconds,
-                "train_images_per_second": self.images / self.train_seconds if self.train_seconds else None,
+                "train_seconds": train_seconds,
+                "train_images_per_second": self.images / train_seconds if train_seconds else None,
                 "conditions": conditions(trainer, pl_module, self.batch_size),
             },
         }
@@ -112,11 +153,15 @@ class FitStats(ReportingCallback):
         return {"training": self.fitted}
 
     def state_dict(self) -> dict:
+        self.flush()
         wall = self.wall_before + time.perf_counter() - getattr(self, "fit_start", time.perf_counter())
-        return {"history": self.history, "train_seconds": self.train_seconds, "images": self.images, "wall": wall}
+        running = time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0
+        return {"history": self.history, "train_seconds": self.train_seconds + running, "images": self.images,
+                "batches": self.batches, "wall": wall}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.train_seconds, self.images = state["history"], state["train_seconds"], state["images"]
+        self.batches = state.get("batches", 0)
         self.wall_before = state["wall"]
 
 
