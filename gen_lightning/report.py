@@ -86,8 +86,9 @@ def load_run(path: Path) -> Run:
     fit_dir = report.get("trained", {}).get("fit_log_dir")
     fit_dir = Path(fit_dir) if fit_dir else None
     if fit_dir is not None and not fit_dir.is_absolute() and not fit_dir.is_dir():
-        # relative to where `gen fit` ran: the folder holding lightning_logs/<name>/version_N
-        fit_dir = path.resolve().parents[2] / fit_dir
+        # relative to where `gen fit` ran, an ancestor of this test run's directory (logger names may hold a
+        # slash, as the league's cpu/<recipe> does, so the depth is not fixed)
+        fit_dir = next((p / fit_dir for p in path.resolve().parents if (p / fit_dir).is_dir()), fit_dir)
     grids = sorted((fit_dir / "samples").glob("*.png")) if fit_dir and (fit_dir / "samples").is_dir() else []
     training = report.get("training", {})
     stability = training.get("stability", {})

@@ -12,7 +12,7 @@ from gen_lightning.cli import main
 from gen_lightning.report import higher_is_better, normalized, radar_scores
 
 
-def make_run(root, name, model, metrics, loss_cv, ms, dataset="GMM-grid25", quality=None):
+def make_run(root, name, model, metrics, loss_cv, ms, dataset="GMM-grid25", quality=None, relative_to=None):
     """A fit dir (TensorBoard scalars + a sample grid) and a test dir (metrics.json), as gen writes them.
     `quality`: {step: (fit minutes, classifier FID)} as SampleQuality logs them."""
     fit_dir, test_dir = root / name / "version_0", root / name / "version_1"
@@ -30,7 +30,7 @@ def make_run(root, name, model, metrics, loss_cv, ms, dataset="GMM-grid25", qual
     report = {
         "model": f"gen_lightning.models.x.{model}",
         "data": {"dataset": dataset},
-        "trained": {"epochs": 3, "fit_log_dir": str(fit_dir)},
+        "trained": {"epochs": 3, "fit_log_dir": str(fit_dir.relative_to(relative_to) if relative_to else fit_dir)},
         "metrics": {f"test/{k}": v for k, v in metrics.items()},
         "training": {"stability": {"loss_cv_tail": loss_cv}, "speed": {"fit_wall_seconds": 10.0, "train_images_per_second": 1000.0}},
         "num_parameters": 1234,
@@ -88,6 +88,11 @@ def test_quality_against_minutes_pairs_the_two_curves_by_step(tmp_path):
     assert quality_against_minutes(load_run(path)) == ([4.0, 8.5], [60.0, 25.0])
     plain = make_run(logs, "vae_mnist", "VAE", {"classifier_fid": 30.0}, 0.1, 0.1, "MNIST")
     assert quality_against_minutes(load_run(plain)) is None
+    # the league's layout: logger name cpu/<recipe>, fit_log_dir relative to the folder `gen fit` ran in, and
+    # `gen compare` called from somewhere else
+    league = make_run(logs / "cpu", "ebm_mnist", "EBM", {"classifier_fid": 150.0}, 0.1, 0.1, "MNIST",
+                      {500: (4.0, 280.0), 1000: (9.5, 199.0)}, relative_to=tmp_path)
+    assert quality_against_minutes(load_run(league)) == ([4.0, 9.5], [280.0, 199.0])
 
 
 def test_runs_of_different_datasets_are_not_ranked_together(tmp_path, capsys):
