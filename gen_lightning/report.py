@@ -280,17 +280,19 @@ def quality_against_minutes(run: Run, metric: str = "val/classifier_fid") -> tup
 
 
 def fig_quality_minutes(runs: list[Run]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    colors, markers = plt.cm.tab20.colors, "osD^v<>ph*"  # one look per run: the default cycle repeats after 10
+    for i, r in enumerate(runs):
         curve = quality_against_minutes(r)
         if curve is not None:
-            ax.plot(*curve, marker="o", label=r.name)
+            ax.plot(*curve, marker=markers[i % len(markers)], color=colors[(2 * i) % 20 + (2 * i // 20) % 2], label=r.name)
     ax.set_yscale("log")
     ax.set_xlabel("minutes of gen fit (wall clock, evaluations excluded)")
     ax.set_ylabel("classifier FID during fit (log scale, lower is better)")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
     else:
         ax.text(0.5, 0.5, "no run logged val/classifier_fid with val/fit_minutes (SampleQuality)", ha="center",
                 va="center", transform=ax.transAxes, fontsize=8)
