@@ -2,7 +2,10 @@
 
 - `sample(n, labels=None, generator=None)` returns samples in the data's value range.
   Conditional families set `conditional = True` and take labels; the others refuse them.
-- Likelihood families also define `log_prob(x)` (or a bound on it).
+- Likelihood families also define `log_prob(x)` (or a bound on it) and declare which with `density_kind`
+  ("exact" or "bound"), and `bits_per_dim(nll)` where bits/dim applies; callbacks.DensityMetrics reads them.
+- Models declare what their metrics mean and which do not apply (`metric_conventions`, `omitted_metrics`:
+  read-only, computed from the config and the data); evaluation callbacks keep their own findings.
 - In `setup()` the model reads `data_shape`, `num_classes` and `value_range` from the
   DataModule and `check_data()` raises a clear error when they do not fit.
 - Checkpoints carry the model class, the data it was trained on and the RNG states, so that
