@@ -32,6 +32,23 @@ from gen_lightning.errors import ConfigError
 KINDS = ("exact", "bound")
 
 
+def no_density_reason(dm) -> str:
+    return f"{dm.dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)"
+
+
+def log_density_metrics(pl_module: L.LightningModule, dm, x: torch.Tensor, nll: torch.Tensor,
+                        bpd: torch.Tensor | None) -> None:
+    """Log test/nll_nats, test/bpd (when given) and, on data with an exact density, test/kl_data_model =
+    mean of log p_data(x) - log p_model(x), for a test batch x and its `nll` `(B,)`; shared with ODELikelihood."""
+    metrics = {"test/nll_nats": nll}
+    if bpd is not None:
+        metrics["test/bpd"] = bpd
+    if has_density(dm):
+        metrics["test/kl_data_model"] = dm.log_prob(x).to(nll) + nll
+    for name, value in metrics.items():
+        pl_module.log(name, value.mean(), batch_size=x.shape[0])
+
+
 class DensityMetrics(ReportingCallback):
     def __init__(self, seed: int = 0, enabled: bool = True):
         self.seed, self.enabled = seed, enabled
@@ -45,7 +62,7 @@ class DensityMetrics(ReportingCallback):
             raise ConfigError(f"{type(pl_module).__name__}.density_kind must be one of {KINDS} or None, got {kind!r}")
         dm = trainer.datamodule
         if dm is not None and not has_density(dm):
-            self.omit(["test/kl_data_model"], f"{dm.dataset_name} has no exact density; KL(data || model) needs synthetic data (GMM)")
+            self.omit(["test/kl_data_model"], no_density_reason(dm))
         elif dm is not None:
             bound = "" if kind == "exact" else ": an upper bound in expectation, log p_model being a lower bound"
             self.note("conventions", {"test/kl_data_model": f"mean over test points of log p_data(x) - log p_model(x){bound}"})
@@ -62,11 +79,4 @@ class DensityMetrics(ReportingCallback):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed + batch_idx)
             nll = -pl_module.log_prob(x).float()
-        metrics = {"test/nll_nats": nll}
-        bpd = pl_module.bits_per_dim(nll)
-        if bpd is not None:
-            metrics["test/bpd"] = bpd
-        if has_density(trainer.datamodule):
-            metrics["test/kl_data_model"] = trainer.datamodule.log_prob(x).to(nll) + nll
-        for name, value in metrics.items():
-            pl_module.log(name, value.mean(), batch_size=x.shape[0])
+        log_density_metrics(pl_module, trainer.datamodule, x, nll, pl_module.bits_per_dim(nll))

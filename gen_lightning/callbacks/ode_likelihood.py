@@ -21,6 +21,7 @@ import math
 import lightning as L
 import torch
 
+from gen_lightning.callbacks.density import log_density_metrics, no_density_reason
 from gen_lightning.callbacks.outputs import ReportingCallback
 from gen_lightning.data.base import has_density
 from gen_lightning.errors import ConfigError
@@ -55,7 +56,7 @@ class ODELikelihood(ReportingCallback):
         else:
             self.omit(["test/bpd"], "bits/dim applies to 8-bit images")
         if not has_density(dm):
-            self.omit(["test/kl_data_model"], f"{dm.dataset_name} has no exact density")
+            self.omit(["test/kl_data_model"], no_density_reason(dm))
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._seen = 0
@@ -72,10 +73,5 @@ class ODELikelihood(ReportingCallback):
             x = dequantize_in_range(x, pl_module.value_range, g)
         labels = y if getattr(pl_module, "conditional", False) else None
         nll = -pl_module.ode_log_prob(x, labels=labels, steps=self.steps, probes=self.probes, generator=g)
-        metrics = {"test/nll_nats": nll}
-        if images:
-            metrics["test/bpd"] = dequantized_bits_per_dim(nll, math.prod(pl_module.data_shape), pl_module.value_range)
-        if has_density(trainer.datamodule):
-            metrics["test/kl_data_model"] = trainer.datamodule.log_prob(x).to(nll) + nll
-        for name, value in metrics.items():
-            pl_module.log(name, value.mean(), batch_size=x.shape[0])
+        bpd = dequantized_bits_per_dim(nll, math.prod(pl_module.data_shape), pl_module.value_range) if images else None
+        log_density_metrics(pl_module, trainer.datamodule, x, nll, bpd)

@@ -6,8 +6,8 @@ step: a `float()` of a GPU scalar or a `torch.cuda.synchronize` each step would 
 pipeline, so the scalars stay on the device and are copied out together every
 `trainer.log_every_n_steps` steps (when Lightning logs anyway), and the clock is synchronised only
 where training pauses (epoch ends and validation), which keeps data loading inside the measured
-training time. Its summary travels in every
-checkpoint, so `gen test --ckpt_path` reads it back and puts it in metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
+training time. Its summary travels in every checkpoint, so `gen test --ckpt_path` reads it back and
+puts it in metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
 Every figure carries the device, dtype and batch size it was measured with.
 """
 
@@ -49,7 +49,7 @@ def conditions(trainer: L.Trainer, pl_module: L.LightningModule, batch_size: int
 CHECKPOINT_KEY = "gen_lightning_fit_stats"  # the fit's summary, beside the weights
 
 
-class FitStats(ReportingCallback):
+class FitStats(L.Callback):
     """Stability (loss CV over the last `tail_fraction` of steps, non-finite losses) and speed of a fit."""
 
     def __init__(self, tail_fraction: float = 0.1):
@@ -62,6 +62,7 @@ class FitStats(ReportingCallback):
         self.batches = 0
         self.batch_size = 0
         self.segment_start: float | None = None  # the clock of the training stretch under way
+        self.paused_for_validation = False
         self._pending: dict[str, list[torch.Tensor]] = {}  # this stretch's scalars, still on the device
         self.fitted: dict = {}  # the summary of the fit: this process's, or the one in the checkpoint tested
 
@@ -86,14 +87,17 @@ class FitStats(ReportingCallback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.stop_clock(pl_module)
 
+    def train_seconds_so_far(self) -> float:
+        """Training time up to now, the stretch under way included (a checkpoint or an interruption mid-epoch)."""
+        return self.train_seconds + (time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0)
+
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.training or self.segment_start is not None:  # validation inside a training epoch
-            self.stop_clock(pl_module)
-            self._resume_after_validation = True
+        self.paused_for_validation = self.segment_start is not None  # validation inside a training epoch
+        self.stop_clock(pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if getattr(self, "_resume_after_validation", False):
-            self._resume_after_validation = False
+        if self.paused_for_validation:
+            self.paused_for_validation = False
             self.resume_clock(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -109,7 +113,7 @@ class FitStats(ReportingCallback):
 
     def flush(self) -> None:
         """Move the scalars kept on the device into `history`: one transfer (and sync) per scalar name."""
-        for key, values in getattr(self, "_pending", {}).items():
+        for key, values in self._pending.items():
             self.history.setdefault(key, []).extend(torch.stack(values).float().cpu().tolist())
         self._pending = {}
 
@@ -128,8 +132,7 @@ class FitStats(ReportingCallback):
 
     def report(self, trainer, pl_module) -> dict:
         wall = self.wall_before + time.perf_counter() - self.fit_start
-        running = time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0
-        train_seconds = self.train_seconds + running  # mid-epoch (a checkpoint, an interruption): the stretch so far
+        train_seconds = self.train_seconds_so_far()
         return {
             "stability": self.summary(),
             "speed": {
@@ -155,8 +158,7 @@ class FitStats(ReportingCallback):
     def state_dict(self) -> dict:
         self.flush()
         wall = self.wall_before + time.perf_counter() - getattr(self, "fit_start", time.perf_counter())
-        running = time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0
-        return {"history": self.history, "train_seconds": self.train_seconds + running, "images": self.images,
+        return {"history": self.history, "train_seconds": self.train_seconds_so_far(), "images": self.images,
                 "batches": self.batches, "wall": wall}
 
     def load_state_dict(self, state: dict) -> None:

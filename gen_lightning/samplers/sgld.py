@@ -88,10 +88,10 @@ class SGLD:
         if x_init is None and self.clamp is None:
             raise ValueError("SGLD without a clamp box has no uniform start; pass x_init")
         lo, hi = self.clamp if self.clamp is not None else (0.0, 1.0)
-        x = start(shape, x_init, device, lambda s, d: lo + (hi - lo) * torch.rand(s, generator=generator, device=d))
-        # Gradients in x are needed even when called under no_grad or inference mode (sample() at test).
+        # Gradients in x are needed even when called under no_grad or inference mode (sample() at test); the start,
+        # a copy made inside this block, is an ordinary tensor even when x_init is an inference tensor.
         with torch.inference_mode(False), torch.enable_grad():
-            x = x.detach().clone()
+            x = start(shape, x_init, device, lambda s, d: lo + (hi - lo) * torch.rand(s, generator=generator, device=d))
             x = x.clamp(*self.clamp) if self.clamp is not None else x
             trajectory = [x.detach()] if return_trajectory else None
             bar = tqdm(total=self.num_steps, desc="SGLD", leave=False, disable=not show_progress(self.progress, self.num_steps))
