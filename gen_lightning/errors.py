@@ -13,6 +13,13 @@ class ConfigError(GenError, ValueError):
     """A value in the config or on the command line is wrong, or parts of it do not fit."""
 
 
+def check_rules(rules: list[tuple[bool, str]]) -> None:
+    """Raise ConfigError with the message of the first rule `(holds, message)` that does not hold."""
+    for holds, message in rules:
+        if not holds:
+            raise ConfigError(message)
+
+
 class DatasetNotFoundError(GenError, FileNotFoundError):
     """A dataset's files are not where the DataModule looked, and it could not download them."""
 

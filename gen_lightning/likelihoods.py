@@ -57,6 +57,25 @@ def dequantized_bits_per_dim(nll: torch.Tensor, num_dims: int, value_range: tupl
     return bits_per_dim(nll - num_dims * math.log(hi - lo), num_dims)
 
 
+def quantize(y: torch.Tensor) -> torch.Tensor:
+    """The inverse of the dequantization: y in [0, 1) -> the 8-bit value k/255 with k = floor(256 y)."""
+    return torch.floor(y * 256.0).clamp(0, 255) / 255.0
+
+
+def logit_transform(y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """w = logit(p), p = alpha + (1 - 2 alpha) y (RealNVP, sec. 4.1), and log|dw/dy| summed per example `(B,)`:
+    dw/dy = (1 - 2 alpha) / (p (1 - p))."""
+    p = alpha + (1.0 - 2.0 * alpha) * y
+    w = torch.log(p) - torch.log1p(-p)
+    log_jacobian = math.log(1.0 - 2.0 * alpha) - torch.log(p) - torch.log1p(-p)
+    return w, log_jacobian.flatten(1).sum(1)
+
+
+def inverse_logit_transform(w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """w -> y = (sigmoid(w) - alpha) / (1 - 2 alpha)."""
+    return (torch.sigmoid(w) - alpha) / (1.0 - 2.0 * alpha)
+
+
 def _is_8bit_image_in_unit_range(dm) -> bool:
     value_range = tuple(dm.value_range) if dm.value_range is not None else None
     return len(dm.data_shape) == 3 and value_range == (0.0, 1.0) and dm.binarize == "none"
@@ -88,6 +107,24 @@ class Likelihood(nn.Module):
 
     def describe(self) -> str:
         raise NotImplementedError(f"{type(self).__name__} must define describe()")
+
+    def bpd_omitted_reason(self, data_shape: tuple[int, ...]) -> str | None:
+        """Why bits/dim does not apply to data of this shape under this likelihood, or None when it does."""
+        if len(data_shape) != 3:
+            return f"{math.prod(data_shape)}-D continuous data: bits/dim applies to 8-bit images"
+        if not (self.discrete or self.dequantize):
+            return (f"{type(self).__name__} is a density on images that are not dequantized, so its NLL is "
+                    "not a bound on the 8-bit data's; set the likelihood's dequantize: true")
+        return None
+
+    def bits_per_dim(self, nll: torch.Tensor, num_dims: int) -> torch.Tensor:
+        """NLL in nats -> bits/dim: nll / (D ln 2) for a discrete likelihood, `bits_per_dim` (dequantized [0, 1] data)
+        for a density."""
+        return nll / (num_dims * math.log(2)) if self.discrete else bits_per_dim(nll, num_dims)
+
+    def bpd_convention(self, num_dims: int) -> str:
+        return (f"nll / (D ln 2), D = {num_dims}" if self.discrete
+                else f"(nll + D ln 256) / (D ln 2), D = {num_dims}: uniform dequantization of 8-bit data in [0, 1]")
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define log_prob()")

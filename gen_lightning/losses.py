@@ -155,9 +155,14 @@ def diffusion_simple_loss(
 ) -> torch.Tensor:
     """L_simple = E ||target - net(x_t, t)||^2, averaged over every dimension (DDPM eq. 14 for eps).
 
-    eps ~ N(0, I) is drawn with `generator`; `t` (B,) are integer timesteps, passed to the net as float.
+    eps ~ N(0, I) is drawn with `generator`; `t` (B,) are integer timesteps, passed to the net as time t / T.
     """
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = schedule.q_sample(x0, t, eps)
-    out = net(xt, t.float(), labels)
+    out = net(xt, schedule.net_time(t), labels)
     return (out - diffusion_target(schedule, x0, t, eps, prediction)).pow(2).mean()
+
+
+def contrastive_divergence(e_pos: torch.Tensor, e_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """IGEBM's loss: mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E(x-)^2); `(B,), (B,) -> ()`."""
+    return e_pos.mean() - e_neg.mean() + alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())

@@ -92,19 +92,47 @@ class GenerativeModel(L.LightningModule):
 
     def bind_data(self, dm: GenerativeData) -> None:
         """Read the DataModule's contract, check it fits this model, and build what depends on it."""
+        if self.conditional and dm.num_classes is None:
+            raise ConfigError(
+                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
+                "use a labeled dataset (MNIST, CIFAR-10) or the unconditional model"
+            )
         self.check_data(dm)
         self.data_shape = tuple(dm.data_shape)
         self.num_classes = dm.num_classes
         self.value_range = tuple(dm.value_range) if dm.value_range is not None else None
         self.data_info = dm.describe()
-        if self.conditional and dm.num_classes is None:
-            raise ConfigError(
-                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
-                "use a labeled dataset or the unconditional model"
-            )
 
     def check_data(self, dm: GenerativeData) -> None:
         """Families override this to refuse data they cannot model; the default accepts anything."""
+
+    @staticmethod
+    def require_symmetric_range(dm: GenerativeData, why: str) -> None:
+        """Images must come in [-1, 1], for the reason `why`; data without a value range (2-D) passes."""
+        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
+            raise ConfigError(f"{why}, but {dm.dataset_name} yields {tuple(dm.value_range)}; "
+                              "set data.init_args.value_range: \"-1,1\"")
+
+    def check_net_classes(self, dm: GenerativeData, conditional_model: str, **nets: torch.nn.Module) -> None:
+        """Each net's num_classes must be the data's for a conditional model and None otherwise; `conditional_model`
+        names the class to suggest when an unconditional model gets a conditional net."""
+        want = dm.num_classes if self.conditional else None
+        for name, net in nets.items():
+            have = getattr(net, "num_classes", None)
+            if have != want:
+                fix = (f"set model.init_args.{name}.init_args.num_classes: {want}" if self.conditional
+                       else f"use {conditional_model}, or set the {name}'s num_classes: null")
+                raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on {dm.dataset_name} "
+                                  f"needs {want}; {fix}")
+
+    def probe_time_net(self, net: torch.nn.Module, shape: tuple[int, ...]) -> None:
+        """One dummy pass of a time-conditioned net (UNet, DenoiserMLP) at t = 0, which must map data to data's shape."""
+        x, t = torch.zeros(2, *shape, device=self.device), torch.zeros(2, device=self.device)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        out = self.probe(net, lambda: net(x, t, labels), f"the net cannot read data of shape {shape_text(shape)}",
+                         "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
+        if tuple(out.shape) != (2, *shape):
+            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
 
     @staticmethod
     def probe(net: torch.nn.Module, call, what: str, fix: str):
@@ -185,6 +213,17 @@ class GenerativeModel(L.LightningModule):
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define sample()")
 
+    def trajectory(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(S + 1, n, *data_shape) on the CPU: the start, then x after each sampler step, for a visual strip (families
+        whose `sample` takes `return_trajectory`: DDPM, NCSN, flow matching)."""
+        return self.sample(n, labels, generator, return_trajectory=True)[1]
+
+    def clamped(self, out, return_trajectory: bool = False):
+        """A sampler's output `x` or `(x, path)` with x clamped to the data's value range (the path as drawn)."""
+        x, path = out if return_trajectory else (out, None)
+        x = x if self.value_range is None else x.clamp(*self.value_range)
+        return (x, path) if return_trajectory else x
+
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor | None]:
         idx, _ = batch
         n = idx.shape[0]
@@ -220,6 +259,8 @@ class GenerativeModel(L.LightningModule):
     divergence_advice: str = "Lower the learning rate"
     # what each optimizer of configure_optimizers trains, in order, when there are several (GAN)
     optimizer_names: tuple[str, ...] = ()
+    # log the gradient norm that the guard computes anyway as train/grad_norm (flows, EBM)
+    log_grad_norm: bool = False
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         """Keep the loss being backpropagated (also under manual optimization), for the check before the step."""
@@ -242,6 +283,8 @@ class GenerativeModel(L.LightningModule):
                     else f"the {whose}gradient norm became {grad_norm.item()}")
             self.diverged(what)
         self.last_grad_norm = grad_norm.detach()
+        if self.log_grad_norm:
+            self.log("train/grad_norm", self.last_grad_norm)
 
     def _optimizer_name(self, optimizer) -> str:
         """'discriminator ' when a family names its optimizers, else ''."""

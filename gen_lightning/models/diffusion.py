@@ -3,7 +3,7 @@
 Training: draw t ~ U{0..T-1} and eps ~ N(0, I), form x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,
 and regress the network's output on eps ("eps", DDPM eq. 14, the simple loss), on x0 ("x0"), or
 on v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 ("v", Salimans & Ho 2022). The network is
-called as `net(x_t, t.float(), labels)`: the timestep index 0..T-1 as a float.
+called as `net(x_t, t / T, labels)`: step t of T as the nets' continuous time in [0, 1).
 
 Injected pieces (class_path in YAML):
 - `net`: nets/unet.py UNet for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data;
@@ -29,8 +29,6 @@ Validation, the sample grid, checkpoints and `gen test` then use the averaged we
 
 from __future__ import annotations
 
-import math
-
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
@@ -38,30 +36,11 @@ from torch import nn
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
-from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
+from gen_lightning.models.base import GenerativeModel, eval_mode
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
 from gen_lightning.samplers.ode import ddpm_ode_log_prob
-from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction, gather
-
-
-def _normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
-def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log P(x) per element for x on the 256-level grid of [-1, 1], bins of width 2/255 (DDPM eq. 13)."""
-    inv_std = torch.exp(-log_std)
-    cdf_plus = _std_normal_cdf(inv_std * (x - mean + 1.0 / 255))
-    cdf_minus = _std_normal_cdf(inv_std * (x - mean - 1.0 / 255))
-    log_cdf_plus = cdf_plus.clamp(min=1e-12).log()
-    log_one_minus_cdf_minus = (1.0 - cdf_minus).clamp(min=1e-12).log()
-    log_bin = (cdf_plus - cdf_minus).clamp(min=1e-12).log()
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_bin))
+from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction
+from gen_lightning.samplers.vlb import vlb_bits_per_dim
 
 
 class DDPM(GenerativeModel):
@@ -138,35 +117,11 @@ class DDPM(GenerativeModel):
         if len(self.data_shape) == 3 and self.vlb_bpd:
             self.log("test/bpd_vlb", self.vlb_bits_per_dim(batch[0], self.heldout_labels(batch[1])).mean(), batch_size=n)
 
-    @torch.no_grad()
     def vlb_bits_per_dim(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) variational bound L_T + sum_t L_{t-1} + L_0 (DDPM eq. 5) in bits/dim, with the sampler's fixed variance.
-
-        One pass per t with x_t ~ q(x_t | x0); L_0 is the discretized Gaussian decoder of eq. 13.
-        """
-        s = self.schedule.to(x0.device)
-        kind = getattr(self.sampler, "variance", "fixed_small")
-        log_var = s.variance(kind).clone()
-        log_var[0] = s.posterior_variance[1]  # beta~_0 = 0; the decoder's variance as in improved-diffusion
-        log_var = log_var.log()
-        dims = list(range(1, x0.ndim))
-        total = torch.zeros(x0.shape[0], device=x0.device)
-        denoiser = Denoiser(self.net, s, self.prediction, labels, clip_range=(-1.0, 1.0))
+        """(B,) variational bound L_T + sum_t L_{t-1} + L_0 (DDPM eq. 5) in bits/dim (samplers/vlb.py), T passes."""
+        denoiser = Denoiser(self.net, self.schedule, self.prediction, labels, clip_range=(-1.0, 1.0))
         with eval_mode(self.net):
-            for t in range(s.num_steps):
-                tb = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
-                xt = s.q_sample(x0, tb, torch.randn_like(x0))
-                mean = s.q_posterior_mean(denoiser(xt, tb)[0], xt, tb)
-                lv = gather(log_var, tb, x0)
-                if t == 0:
-                    total -= _discretized_gaussian_log_likelihood(x0, mean, 0.5 * lv).sum(dims)
-                else:
-                    true_lv = gather(s.posterior_variance, tb, x0).log()
-                    total += _normal_kl(s.q_posterior_mean(x0, xt, tb), true_lv, mean, lv).sum(dims)
-        tb = torch.full((x0.shape[0],), s.num_steps - 1, device=x0.device, dtype=torch.long)
-        mean_T, var_T = gather(s.sqrt_alpha_bar, tb, x0) * x0, gather(1 - s.alpha_bar, tb, x0)
-        total += _normal_kl(mean_T, var_T.log(), torch.zeros_like(x0), torch.zeros_like(x0)).sum(dims)  # L_T
-        return total / (x0[0].numel() * math.log(2.0))
+            return vlb_bits_per_dim(denoiser, x0, getattr(self.sampler, "variance", "fixed_small"))
 
     def ode_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 100, probes: int | None = 1,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -186,43 +141,22 @@ class DDPM(GenerativeModel):
         return Denoiser(self.net, self.schedule.to(self.device), self.prediction, labels, self.guidance_scale, null, clip)
 
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples `(n, *data_shape)` by the injected sampler, in eval mode, x_T drawn with `generator`."""
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """n samples `(n, *data_shape)` by the injected sampler, in eval mode, x_T drawn with `generator`; with
+        `return_trajectory`, also x_T and x after each step, `(S + 1, n, *data_shape)` on the CPU."""
         labels = self.check_sample_args(n, labels)
         with eval_mode(self.net):
-            x = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator=generator)
-        return x if self.value_range is None else x.clamp(*self.value_range)
-
-    @torch.no_grad()
-    def trajectory(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(S + 1, n, *data_shape) on the CPU: x_T, then x after each sampler step, for a visual strip."""
-        labels = self.check_sample_args(n, labels)
-        with eval_mode(self.net):
-            _, path = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator, return_trajectory=True)
-        return path
+            out = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator, return_trajectory, device=self.device)
+        return self.clamped(out, return_trajectory)
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
         """Images in [-1, 1], the net's num_classes matching the model's kind, and one dummy pass of the right shape."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(
-                f"diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0), but {dm.dataset_name} "
-                f"yields {tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
-            )
+        self.require_symmetric_range(dm, "diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0)")
         self.check_dequantize(dm, self.dequantize)
-        want = dm.num_classes if self.conditional else None
-        have = getattr(self.net, "num_classes", None)
-        if have != want:
-            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
-                   else "use gen_lightning.models.diffusion.ConditionalDDPM, or set the net's num_classes: null")
-            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
-        shape = tuple(dm.data_shape)
-        x = torch.zeros(2, *shape, device=self.device)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        out = self.probe(self.net, lambda: self.net(x, torch.zeros(2, device=self.device), labels),
-                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
-        if tuple(out.shape) != (2, *shape):
-            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
+        self.check_net_classes(dm, "gen_lightning.models.diffusion.ConditionalDDPM", net=self.net)
+        self.probe_time_net(self.net, tuple(dm.data_shape))
 
     # ---- what metrics.json says (MetricsWriter) ----------------------------------------------
     @property

@@ -17,45 +17,36 @@ likelihood is E_data[grad E(x+)] - E_model[grad E(x-)], so each step (Du & Morda
 The buffer is a registered buffer `replay` `(buffer_size, *data_shape)`, so it is saved in every
 checkpoint and `--ckpt_path` resumes the same chains (CIFAR-10 at 10,000 entries: 123 MB).
 
-`sample(n)` runs `sample_steps` SGLD steps from uniform noise (`sample_init: noise`), or continues the
-persistent chains of the replay buffer (`sample_init: buffer`, as IGEBM and JEM show their samples: a model
-trained by persistent contrastive divergence keeps its best samples in those chains); each step is one forward and one backward pass of E, and
-`network_evaluations_per_sample` counts the steps. Images are in [-1, 1] (DESIGN.md) and the
-chains are clamped to the data's range; 2-D data has no value range, so the config gives the box
-`init_range` that the chains start in and are clamped to.
+`sample(n)` runs `sample_steps` SGLD steps (each one forward and one backward pass of E) from uniform
+noise (`sample_init: noise`), or continues the replay buffer's persistent chains (`sample_init: buffer`, as
+IGEBM and JEM show their samples). Images are in [-1, 1] (DESIGN.md) and the chains are clamped to it;
+2-D data has no value range, so the config gives the box `init_range` the chains start in and stay in.
+An energy beyond `max_energy` in absolute value (or a non-finite loss or gradient) stops the run with
+TrainingDivergedError before the weights change.
 
-Divergence: a non-finite loss or gradient, or an energy beyond `max_energy` in absolute value,
-stops the run with TrainingDivergedError before the weights change.
-
-There is no tractable likelihood for images (Z is unknown). For 2-D data, Z is the integral of
-exp(-E) over the `init_range` box, computed on a grid, which gives `log_prob` and
-KL(data || model) on GMM data (the model's density lives on the box its chains are clamped to).
+There is no tractable likelihood for images (Z is unknown). For 2-D data Z, the integral of exp(-E) over
+the box, is computed on a grid, which gives `log_prob` and KL(data || model) on GMM data.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from gen_lightning.errors import ConfigError
+from gen_lightning.errors import ConfigError, check_rules
+from gen_lightning.losses import contrastive_divergence
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, shape_text
-from gen_lightning.samplers.sgld import SGLD
+from gen_lightning.samplers.sgld import SGLD, grid_log_normalizer
 
 NO_LIKELIHOOD = "an EBM's normalizer Z of exp(-E(x)) is intractable for images, so there is no likelihood"
 
 
-def contrastive_divergence(e_pos: torch.Tensor, e_neg: torch.Tensor, alpha: float) -> torch.Tensor:
-    """IGEBM's loss: mean E(x+) - mean E(x-) + alpha (mean E(x+)^2 + mean E(x-)^2); `(B,), (B,) -> ()`."""
-    return e_pos.mean() - e_neg.mean() + alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-
-
 def _check_hparams(**h) -> None:
-    checks = [
+    check_rules([
         (h["sgld_steps"] >= 1, f"sgld_steps must be >= 1, got {h['sgld_steps']}"),
         (h["sample_steps"] >= 1, f"sample_steps must be >= 1, got {h['sample_steps']}"),
         (h["sample_init"] in ("noise", "buffer"), f"sample_init must be 'noise' or 'buffer', got {h['sample_init']!r}"),
@@ -68,15 +59,13 @@ def _check_hparams(**h) -> None:
         (h["max_energy"] > 0, f"max_energy must be > 0, got {h['max_energy']}"),
         (h["init_range"] is None or (len(h["init_range"]) == 2 and h["init_range"][0] < h["init_range"][1]),
          f"init_range must be [lo, hi] with lo < hi, got {h['init_range']}"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    ])  # fmt: skip
 
 
 class EBM(GenerativeModel):
     """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`; `scheduler` (optional) steps once per epoch."""
 
+    log_grad_norm = True  # train/grad_norm, from the divergence guard (models/base.py)
     divergence_advice = "Lower the learning rate or step_size, raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
 
     conditional = False
@@ -107,39 +96,13 @@ class EBM(GenerativeModel):
                        max_energy=max_energy, init_range=init_range)  # fmt: skip
         self.save_hyperparameters()
         self.energy, self.optimizer_callable, self.scheduler_callable = energy, optimizer, scheduler
-        self.sgld_steps, self.sample_steps, self.step_size, self.noise_std = sgld_steps, sample_steps, step_size, noise_std
-        self.sample_init = sample_init
+        self.sgld_steps, self.sample_steps, self.sample_init = sgld_steps, sample_steps, sample_init
+        self.step_size, self.noise_std = step_size, noise_std
         self.alpha, self.buffer_size, self.reinit_prob, self.data_noise = alpha, buffer_size, reinit_prob, data_noise
         self.init_range = tuple(init_range) if init_range is not None else None
         self.max_energy, self.grid_size = max_energy, grid_size
         self.network_evaluations_per_sample = sample_steps  # SGLD steps, each a forward and a backward pass of E
         self.register_buffer("replay", torch.empty(0))  # (buffer_size, *data_shape), allocated in bind_data
-
-    # ---- the chains' box and the saved buffer ------------------------------------------------
-    @property
-    def has_density(self) -> bool:
-        """2-D data: Z is an integral over the box, computed on a grid, so log_prob exists."""
-        return self.data_shape == (2,)
-
-    @property
-    def data_range(self) -> tuple[float, float]:
-        """Where the chains start (uniform noise) and are clamped: the images' value range, or init_range."""
-        return tuple(self.value_range) if self.value_range is not None else self.init_range
-
-    def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        lo, hi = self.data_range
-        return lo + (hi - lo) * torch.rand(n, *self.data_shape, generator=generator, device=self.device)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint["state_dict"].get("replay")
-        if saved is None:
-            return
-        if self.replay.numel() == 0:  # load_from_checkpoint without a DataModule: take the saved buffer's shape
-            self.replay = torch.empty_like(saved, device=self.device)
-        elif self.replay.shape != saved.shape:
-            raise ConfigError(f"the checkpoint's replay buffer has shape {tuple(saved.shape)} but this model's has "
-                              f"{tuple(self.replay.shape)}; set model.init_args.buffer_size: {saved.shape[0]}")
 
     # ---- SGLD and the replay buffer -----------------------------------------------------
     def sgld(self, num_steps: int) -> SGLD:
@@ -169,24 +132,40 @@ class EBM(GenerativeModel):
         x_neg = self.negatives(x_pos.shape[0])
         e_pos, e_neg = self.energy(x_pos), self.energy(x_neg)
         loss = contrastive_divergence(e_pos, e_neg, self.alpha)
-        self.check_diverged(loss, e_pos, e_neg)
+        largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
+        if largest > self.max_energy:  # stop before the weights change (models/base.py guards non-finite values)
+            self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/energy_pos": e_pos.mean(), "train/energy_neg": e_neg.mean(),
                        "train/cd": e_pos.mean() - e_neg.mean()})  # fmt: skip
         return loss
 
-    def check_diverged(self, loss: torch.Tensor, e_pos: torch.Tensor, e_neg: torch.Tensor) -> None:
-        """Stop before the weights change when the loss is not finite or an energy exceeds max_energy."""
-        largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
-        if largest > self.max_energy:
-            self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        super().on_before_optimizer_step(optimizer)  # the divergence guard (models/base.py)
-        self.log("train/grad_norm", self.last_grad_norm)
-
     def configure_optimizers(self):
         return self.optimizers_with_scheduler(self.optimizer_callable, self.energy.parameters(), self.scheduler_callable)
+
+    # ---- the chains' box and the saved buffer ------------------------------------------------
+    @property
+    def has_density(self) -> bool:
+        """2-D data: Z is an integral over the box, computed on a grid, so log_prob exists."""
+        return self.data_shape == (2,)
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """Where the chains start (uniform noise) and are clamped: the images' value range, or init_range."""
+        return tuple(self.value_range) if self.value_range is not None else self.init_range
+
+    def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        lo, hi = self.data_range
+        return lo + (hi - lo) * torch.rand(n, *self.data_shape, generator=generator, device=self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint["state_dict"].get("replay")
+        if saved is not None and self.replay.numel() == 0:  # load_from_checkpoint without a DataModule
+            self.replay = torch.empty_like(saved, device=self.device)
+        elif saved is not None and self.replay.shape != saved.shape:
+            raise ConfigError(f"the checkpoint's replay buffer has shape {tuple(saved.shape)} but this model's has "
+                              f"{tuple(self.replay.shape)}; set model.init_args.buffer_size: {saved.shape[0]}")
 
     # ---- validation and test ---------------------------------------------------------------
     def buffer_distance(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -206,35 +185,16 @@ class EBM(GenerativeModel):
         self.log_dict(metrics, batch_size=x.shape[0])  # NLL and KL(data || model) on 2-D data: callbacks.DensityMetrics
 
     # ---- 2-D density --------------------------------------------------------------------
-    def grid(self, size: int | None = None) -> tuple[torch.Tensor, float]:
-        """Midpoints `(size^2, 2)` of a size x size grid over the init_range box, and one cell's area."""
-        size = size or self.grid_size
-        lo, hi = self.data_range
-        h = (hi - lo) / size
-        axis = lo + h * (torch.arange(size, device=self.device) + 0.5)
-        return torch.cartesian_prod(axis, axis), h * h
-
-    @torch.no_grad()
-    def energy_chunks(self, x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-        return torch.cat([self.energy(part) for part in x.split(chunk)])
-
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """2-D data only: log exp(-E(x)) / Z, Z over the box by the midpoint rule; `(B, 2) -> (B,)`."""
+        """2-D data only: log exp(-E(x)) / Z, Z over the box by the midpoint rule on `grid_size`^2 cells; `(B, 2) -> (B,)`."""
         if not self.has_density:
             raise ConfigError(f"{NO_LIKELIHOOD}; log_prob is defined for 2-D data only")
-        points, area = self.grid()
-        log_z = torch.logsumexp(-self.energy_chunks(points), dim=0) + math.log(area)
-        return -self.energy(x) - log_z
+        return -self.energy(x) - grid_log_normalizer(self.energy, self.data_range, self.grid_size, self.device)
 
     # ---- sampling -----------------------------------------------------------------------
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        from_buffer: bool | None = None,
-    ) -> torch.Tensor:
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               from_buffer: bool | None = None) -> torch.Tensor:
         """n samples `(n, *data_shape)`: `sample_steps` SGLD steps from uniform noise, or from buffer entries
         (`from_buffer`; None: as `sample_init` says)."""
         self.check_sample_args(n, labels)
@@ -247,9 +207,7 @@ class EBM(GenerativeModel):
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
         """Images in [-1, 1], or a box (init_range) for data without a value range; one energy per example."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(f"the EBM takes images in [-1, 1] (DESIGN.md), but {dm.dataset_name} yields "
-                              f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\"")
+        self.require_symmetric_range(dm, "the EBM takes images in [-1, 1] (DESIGN.md)")
         if dm.value_range is None and self.init_range is None:
             raise ConfigError(f"{dm.dataset_name} has no value range, so the SGLD chains need a box to start in and "
                               "stay in; set model.init_args.init_range, e.g. [-3, 3] for ring8")
@@ -279,11 +237,11 @@ class EBM(GenerativeModel):
 
     @property
     def metric_conventions(self) -> dict[str, str]:
+        start = "uniform noise" if self.sample_init == "noise" else "replay-buffer entries (persistent chains)"
         conventions = {
             "val/loss": "energy distance between a validation batch and as many replay-buffer entries (fixed seeds)",
-            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from "
-                        + ("uniform noise" if self.sample_init == "noise" else "replay-buffer entries (persistent chains)")
-                        + "; each step is one forward and one backward pass of E",
+            "sampling": f"{self.sample_steps} SGLD steps (step {self.step_size}, noise {self.noise_std}) from {start}; "
+                        "each step is one forward and one backward pass of E",
         }
         if self.has_density:
             conventions["log_prob"] = (f"2-D data: log Z of exp(-E) over the init_range box {list(self.data_range)}, by a "

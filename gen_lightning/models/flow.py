@@ -30,29 +30,8 @@ from torch import nn
 
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
-from gen_lightning.likelihoods import bits_per_dim, uniform_dequantize
+from gen_lightning.likelihoods import bits_per_dim, inverse_logit_transform, logit_transform, quantize, uniform_dequantize
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
-
-
-def quantize(y: torch.Tensor) -> torch.Tensor:
-    """The inverse of the dequantization: y in [0, 1) -> the 8-bit value k/255 with k = floor(256 y)."""
-    return torch.floor(y * 256.0).clamp(0, 255) / 255.0
-
-
-def logit_transform(y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """w = logit(p), p = alpha + (1 - 2 alpha) y (RealNVP, sec. 4.1), and log|dw/dy| summed per example `(B,)`.
-
-    dw/dy = (1 - 2 alpha) / (p (1 - p)).
-    """
-    p = alpha + (1.0 - 2.0 * alpha) * y
-    w = torch.log(p) - torch.log1p(-p)
-    log_jacobian = math.log(1.0 - 2.0 * alpha) - torch.log(p) - torch.log1p(-p)
-    return w, log_jacobian.flatten(1).sum(1)
-
-
-def inverse_logit_transform(w: torch.Tensor, alpha: float) -> torch.Tensor:
-    """w -> y = (sigmoid(w) - alpha) / (1 - 2 alpha)."""
-    return (torch.sigmoid(w) - alpha) / (1.0 - 2.0 * alpha)
 
 
 def _check_hparams(logit_alpha: float | None, sample_temperature: float) -> None:
@@ -75,6 +54,7 @@ class Flow(GenerativeModel):
 
     sampling_options = ("predict_seed", "sample_temperature")
 
+    log_grad_norm = True  # train/grad_norm, from the divergence guard (models/base.py)
     divergence_advice = "Lower the learning rate, or set trainer.gradient_clip_val"
 
     network_evaluations_per_sample = 1  # one pass of net.inverse
@@ -153,10 +133,6 @@ class Flow(GenerativeModel):
             self.log("train/bpd", self.bits_per_dim(nll).mean())
         return loss
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        super().on_before_optimizer_step(optimizer)  # the divergence guard (models/base.py)
-        self.log("train/grad_norm", self.last_grad_norm)
-
     def _nll(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """-log p(x) with the dequantization noise seeded by the batch index, so evaluations repeat exactly."""
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
@@ -198,27 +174,16 @@ class Flow(GenerativeModel):
     def check_data(self, dm) -> None:
         """Images must be 8-bit values in [0, 1] (not binarized); the net must map the data's shape to itself."""
         data_shape = tuple(dm.data_shape)
-        if len(data_shape) == 3:
-            if dm.value_range is None or tuple(dm.value_range) != (0.0, 1.0):
-                raise ConfigError(
-                    f"a flow dequantizes 8-bit images in [0, 1], but {dm.dataset_name} yields {dm.value_range}; "
-                    "set data.init_args.value_range: \"0,1\""
-                )
-            if dm.binarize != "none":
-                raise ConfigError(
-                    f"a flow models 8-bit intensities, but {dm.dataset_name} is binarized ({dm.binarize}); "
-                    "set data.init_args.binarize: none"
-                )
-        self._check_net(data_shape)
-        if self.dequantizer is not None:
-            in_shape = tuple(getattr(self.dequantizer, "in_shape", data_shape))
-            if len(data_shape) != 3 or in_shape != data_shape:
-                raise ConfigError(
-                    f"the dequantizer is for 8-bit images of shape {in_shape}, but {dm.dataset_name} has shape {data_shape}; "
-                    "set its in_channels/image_size to the data's, or remove it (2-D data is not dequantized)"
-                )
-
-    def _check_net(self, data_shape: tuple[int, ...]) -> None:
+        if len(data_shape) == 3 and (dm.value_range is None or tuple(dm.value_range) != (0.0, 1.0)):
+            raise ConfigError(f"a flow dequantizes 8-bit images in [0, 1], but {dm.dataset_name} yields {dm.value_range}; "
+                              "set data.init_args.value_range: \"0,1\"")
+        if len(data_shape) == 3 and dm.binarize != "none":
+            raise ConfigError(f"a flow models 8-bit intensities, but {dm.dataset_name} is binarized ({dm.binarize}); "
+                              "set data.init_args.binarize: none")
+        in_shape = tuple(getattr(self.dequantizer, "in_shape", data_shape))
+        if self.dequantizer is not None and (len(data_shape) != 3 or in_shape != data_shape):
+            raise ConfigError(f"the dequantizer is for 8-bit images of shape {in_shape}, but {dm.dataset_name} has shape "
+                              f"{data_shape}; set its in_channels/image_size to the data's, or remove it (2-D data is not dequantized)")
         x = torch.full((2, *data_shape), 0.5, device=self.device)
         z, logdet = self.probe(self.net, lambda: self.net(x), f"the flow net cannot read data of shape {shape_text(data_shape)}",
                                "set the net's in_channels/image_size (or dim) to the data's shape")

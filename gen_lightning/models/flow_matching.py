@@ -16,8 +16,8 @@ linear interpolation and I-CFM with sigma = 0). The pairing of a batch (`couplin
   starts from the teacher's weights (`reflow_init`), as Liu et al. fine-tune the 2-rectified flow.
 
 Sampling integrates dx/dt = v(x, t) from 0 to 1 with an ODE sampler (samplers/ode.py: Euler, Heun).
-The networks (UNet, DenoiserMLP) embed time sinusoidally with periods made for 0..1000, so they are
-called with `TIME_SCALE * t`: a documented convention of this family, as DDPM's is the step index.
+The networks (UNet, DenoiserMLP) take this t in [0, 1] as it is: their one time convention
+(nets/unet.timestep_embedding).
 
 `ConditionalFlowMatching` trains with label dropout (label -> the null token `num_classes`) and samples
 with classifier-free guidance on the velocity: v = v_uncond + w (v_cond - v_uncond); w = 0 is exactly
@@ -40,10 +40,9 @@ from torch import nn
 
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
-from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
+from gen_lightning.models.base import GenerativeModel, eval_mode
 from gen_lightning.samplers.ode import EulerSampler, ODESampler, likelihood_grid, ode_log_prob, standard_normal_log_prob
 
-TIME_SCALE = 1000.0  # the net sees 1000 t: its sinusoidal time embedding resolves 0..1000 (as DDPM's 0..999 steps)
 Coupling = Literal["independent", "ot"]
 
 
@@ -137,7 +136,7 @@ class FlowMatching(GenerativeModel):
         tb = t.view(-1, *([1] * (x1.ndim - 1)))
         xt = (1 - (1 - self.sigma_min) * tb) * x0 + tb * x1
         target = x1 - (1 - self.sigma_min) * x0
-        return F.mse_loss(self.net(xt, TIME_SCALE * t, labels).float(), target)
+        return F.mse_loss(self.net(xt, t, labels).float(), target)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x1, y = batch
@@ -176,7 +175,7 @@ class FlowMatching(GenerativeModel):
         w, null = self.guidance_scale, self.num_classes
 
         def field(x: torch.Tensor, t: float) -> torch.Tensor:
-            tb = torch.full((x.shape[0],), TIME_SCALE * t, device=x.device)
+            tb = torch.full((x.shape[0],), t, device=x.device)
             if not self.conditional or w == 1.0:
                 return self.net(x, tb, labels)
             v_uncond = self.net(x, tb, torch.full((x.shape[0],), null, device=x.device, dtype=torch.long))
@@ -184,39 +183,21 @@ class FlowMatching(GenerativeModel):
 
         return field
 
-
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples `(n, *data_shape)`: x(0) ~ N(0, I) drawn with `generator`, integrated to t = 1 in eval mode."""
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """n samples `(n, *data_shape)`: x(0) ~ N(0, I) drawn with `generator`, integrated to t = 1 in eval mode; with
+        `return_trajectory`, also x(0) and x after each step, `(S + 1, n, *data_shape)` on the CPU."""
         labels = self.check_sample_args(n, labels)
         with eval_mode(self.net):
-            x = self.sampler.sample(self.velocity(labels), (n, *self.data_shape), generator=generator, device=self.device)
-        return x if self.value_range is None else x.clamp(*self.value_range)
-
-    @torch.no_grad()
-    def trajectory(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(S + 1, n, *data_shape) on the CPU: x(0), then x after each sampler step."""
-        labels = self.check_sample_args(n, labels)
-        with eval_mode(self.net):
-            _, path = self.sampler.sample(self.velocity(labels), (n, *self.data_shape), generator=generator,
-                                          return_trajectory=True, device=self.device)
-        return path
+            out = self.sampler.sample(self.velocity(labels), (n, *self.data_shape), generator, return_trajectory, device=self.device)
+        return self.clamped(out, return_trajectory)
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
         self.check_dequantize(dm, self.dequantize)
-        want = dm.num_classes if self.conditional else None
-        have = getattr(self.net, "num_classes", None)
-        if have != want:
-            fix = (f"set model.init_args.net.init_args.num_classes: {want}" if self.conditional
-                   else "use gen_lightning.models.flow_matching.ConditionalFlowMatching, or set the net's num_classes: null")
-            raise ConfigError(f"the net has num_classes={have} but {type(self).__name__} on {dm.dataset_name} needs {want}; {fix}")
-        shape = tuple(dm.data_shape)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        out = self.probe(self.net, lambda: self.net(torch.zeros(2, *shape, device=self.device), torch.zeros(2, device=self.device), labels),
-                         f"the net cannot read data of shape {shape_text(shape)}", "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
-        if tuple(out.shape) != (2, *shape):
-            raise ConfigError(f"the net outputs {shape_text(out.shape[1:])} but the data has shape {shape_text(shape)}")
+        self.check_net_classes(dm, "gen_lightning.models.flow_matching.ConditionalFlowMatching", net=self.net)
+        self.probe_time_net(self.net, tuple(dm.data_shape))
 
     # ---- what metrics.json says (MetricsWriter); what callbacks.ODELikelihood logs is not reported omitted ----
     omitted_metrics = dict.fromkeys(("test/nll_nats", "test/kl_data_model"), "the probability-flow likelihood needs the ODELikelihood callback")

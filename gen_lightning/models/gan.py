@@ -21,10 +21,8 @@ of G drawn with a fixed seed (metrics/two_sample.py). Lower is better, and it is
 expectation only when the two distributions match. `gen test` logs the same as
 `test/energy_distance`.
 
-EMA of the generator: add `lightning.pytorch.callbacks.EMAWeightAveraging`, or its subclass
-`gen_lightning.callbacks.EMA` (the same with the decay warmed up, for short runs), to the
-callbacks, after SampleGrid (SampleGrid refuses the other order). It averages the whole module, D included; only G is
-used for sampling, so the averaged D is never used for a reported number.
+EMA of the generator: add `gen_lightning.callbacks.EMA` (Lightning's EMAWeightAveraging with the decay
+warmed up) after SampleGrid in the callbacks. It averages D too, which no reported number uses.
 """
 
 from __future__ import annotations
@@ -38,22 +36,21 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from gen_lightning import losses
-from gen_lightning.errors import ConfigError
+from gen_lightning.errors import ConfigError, check_rules
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
 Loss = Literal["bce", "hinge", "wgan-gp"]
 
 NO_LIKELIHOOD = "a GAN defines no density, so it has no likelihood"
-OMITTED_METRICS = {
-    "test/nll_nats": NO_LIKELIHOOD,
-    "test/bpd": NO_LIKELIHOOD,
-    "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)",
-}
+OMITTED_METRICS = dict.fromkeys(("test/nll_nats", "test/bpd"), NO_LIKELIHOOD) | {
+    "test/kl_data_model": f"{NO_LIKELIHOOD}; KL(data || model) needs log p_model(x)"}
 
 
-def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, r1_gamma: float, real_label: float) -> None:
-    checks = [
+def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, r1_gamma: float, real_label: float,
+                   discriminator: nn.Module) -> None:
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+    check_rules([
         (latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}"),
         (loss in ("bce", "hinge", "wgan-gp"), f"loss must be 'bce', 'hinge' or 'wgan-gp', got {loss!r}"),
         (n_critic >= 1, f"n_critic must be >= 1 (discriminator steps per generator step), got {n_critic}"),
@@ -62,19 +59,10 @@ def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, 
         (r1_gamma >= 0, f"r1_gamma must be >= 0, got {r1_gamma}; 0 turns R1 off"),
         (0 < real_label <= 1, f"real_label must be in (0, 1], got {real_label}; 0.9 is one-sided label smoothing"),
         (loss == "bce" or real_label == 1, f"real_label={real_label} (label smoothing) applies to loss 'bce' only, not {loss!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
-def _check_no_batchnorm(discriminator: nn.Module) -> None:
-    """The gradient penalty is per example; BatchNorm mixes the examples of a batch (Gulrajani et al. 2017, sec. 4)."""
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules()):
-        raise ConfigError(
-            "loss 'wgan-gp' needs a discriminator without BatchNorm (the gradient penalty is per example); "
-            "set the discriminator's norm: layer (or none)"
-        )
+        # the gradient penalty is per example; BatchNorm mixes the examples of a batch (Gulrajani et al. 2017, sec. 4)
+        (loss != "wgan-gp" or not batchnorm, "loss 'wgan-gp' needs a discriminator without BatchNorm (the gradient "
+                                              "penalty is per example); set the discriminator's norm: layer (or none)"),
+    ])
 
 
 class GAN(GenerativeModel):
@@ -111,9 +99,7 @@ class GAN(GenerativeModel):
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
-        _check_hparams(latent_dim, loss, n_critic, gp_weight, r1_gamma, real_label)
-        if loss == "wgan-gp":
-            _check_no_batchnorm(discriminator)
+        _check_hparams(latent_dim, loss, n_critic, gp_weight, r1_gamma, real_label, discriminator)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator, self.discriminator, self.latent_dim = generator, discriminator, latent_dim
@@ -139,19 +125,6 @@ class GAN(GenerativeModel):
     def critic(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """D's raw output (logit, or critic value for WGAN), `(B,)`."""
         return self.discriminator(x) if labels is None else self.discriminator(x, labels)
-
-    def d_output(self, logits: torch.Tensor) -> torch.Tensor:
-        """What `train/d_real` and `train/d_fake` show: mean D(x) as a probability for BCE, raw otherwise."""
-        return (torch.sigmoid(logits) if self.loss == "bce" else logits).mean()
-
-    def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Gradient penalty (WGAN-GP) plus R1, each with its weight; zero when neither is on."""
-        total = torch.zeros((), device=real.device)
-        if self.loss == "wgan-gp":
-            total = total + self.gp_weight * losses.gradient_penalty(self.discriminator, real, fake, labels)
-        if self.r1_gamma > 0:
-            total = total + 0.5 * self.r1_gamma * losses.r1_penalty(self.discriminator, real, labels)
-        return total
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
@@ -190,6 +163,19 @@ class GAN(GenerativeModel):
         self.manual_backward(loss)
         opt.step()
         return self.last_grad_norm
+
+    def d_output(self, logits: torch.Tensor) -> torch.Tensor:
+        """What `train/d_real` and `train/d_fake` show: mean D(x) as a probability for BCE, raw otherwise."""
+        return (torch.sigmoid(logits) if self.loss == "bce" else logits).mean()
+
+    def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Gradient penalty (WGAN-GP) plus R1, each with its weight; zero when neither is on."""
+        total = torch.zeros((), device=real.device)
+        if self.loss == "wgan-gp":
+            total = total + self.gp_weight * losses.gradient_penalty(self.discriminator, real, fake, labels)
+        if self.r1_gamma > 0:
+            total = total + 0.5 * self.r1_gamma * losses.r1_penalty(self.discriminator, real, labels)
+        return total
 
     def configure_optimizers(self):
         opt_g = self.build_optimizer(self.g_optimizer, self.generator.parameters(), "g_optimizer")
@@ -230,48 +216,23 @@ class GAN(GenerativeModel):
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
         """Images must be in [-1, 1] (G ends in tanh), and one dummy pass of G and D must fit the data's shape."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(
-                f"a GAN generator ends in tanh, so images must be in [-1, 1], but {dm.dataset_name} yields "
-                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
-            )
-        if self.conditional and dm.num_classes is None:
-            raise ConfigError(
-                f"{type(self).__name__} is conditional but {dm.dataset_name} has no labels (num_classes is None); "
-                "use labeled data (MNIST, CIFAR-10) or the unconditional gen_lightning.models.gan.GAN"
-            )
-        self.check_classes(dm)
-        data_shape = tuple(dm.data_shape)
+        self.require_symmetric_range(dm, "a GAN generator ends in tanh, so images must be in [-1, 1]")
+        self.check_net_classes(dm, "gen_lightning.models.gan.ConditionalGAN", generator=self.generator, discriminator=self.discriminator)
+        shape = tuple(dm.data_shape)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
-        z = torch.zeros(2, self.latent_dim, device=self.device)
-        g = self.generator
-        x = self.probe(g, lambda: g(z) if labels is None else g(z, labels), f"the generator cannot read latents {shape_text((self.latent_dim,))}",
-                       f"set the generator's latent_dim to {self.latent_dim}")
-        if tuple(x.shape[1:]) != data_shape:
-            raise ConfigError(
-                f"the generator outputs {shape_text(x.shape[1:])} but {dm.dataset_name} has shape {shape_text(data_shape)}; "
-                "set the generator's channels/image_size (DCGAN) or data_shape (MLP)"
-            )
+        seeded = torch.Generator(device=self.device).manual_seed(0)  # the probe leaves the global RNG alone
+        x = self.probe(self.generator, lambda: self.generate(2, labels, seeded), f"the generator cannot read latents "
+                       f"{shape_text((self.latent_dim,))}", f"set the generator's latent_dim to {self.latent_dim}")
+        if tuple(x.shape[1:]) != shape:
+            raise ConfigError(f"the generator outputs {shape_text(x.shape[1:])} but {dm.dataset_name} has shape {shape_text(shape)}; "
+                              "set the generator's channels/image_size (DCGAN) or data_shape (MLP)")
         pack = getattr(self.discriminator, "pack", 1)  # PacGAN: one logit per `pack` examples
-        x = torch.zeros(2 * pack, *data_shape, device=self.device)
-        d = self.discriminator
-        logits = self.probe(d, lambda: d(x) if labels is None else d(x, labels),
-                            f"the discriminator cannot read data of shape {shape_text(data_shape)}",
-                            "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
+        x = torch.zeros(2 * pack, *shape, device=self.device)
+        logits = self.probe(self.discriminator, lambda: self.critic(x, labels), f"the discriminator cannot read data of shape "
+                            f"{shape_text(shape)}", "set the discriminator's channels/image_size (DCGAN) or data_shape (MLP)")
         if tuple(logits.shape) != (2,):
             raise ConfigError(f"the discriminator must output one logit per example (or pack), shape (B,); "
                               f"got {tuple(logits.shape)} for {2 * pack} examples")
-
-    def check_classes(self, dm) -> None:
-        """The networks' num_classes must be the data's for a conditional GAN, and None otherwise."""
-        want = dm.num_classes if self.conditional else None
-        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
-            have = getattr(net, "num_classes", None)
-            if have != want:
-                fix = f"set model.init_args.{name}.init_args.num_classes: {want}" if self.conditional else (
-                    f"use gen_lightning.models.gan.ConditionalGAN, or set the {name}'s num_classes: null")
-                raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on "
-                                  f"{dm.dataset_name} needs {want}; {fix}")
 
 
 class ConditionalGAN(GAN):

@@ -10,16 +10,16 @@ probability-flow ODE in a few dozen evaluations (`ode_sample`, then the same den
 The score network. The injected `net` is a plain `forward(x, t, labels=None)` (nets/unet.py UNet
 for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data) and
 
-    s_theta(x, sigma) = net(x, t(sigma)) / sigma,   t(sigma) = 999 * log(sigma / sigma_L) / log(sigma_1 / sigma_L).
+    s_theta(x, sigma) = net(x, t(sigma)) / sigma,   t(sigma) = log(sigma / sigma_L) / log(sigma_1 / sigma_L).
 
 - Dividing by sigma is NCSNv2's Technique 3 (Song & Ermon 2020, sec. 3.3): the true score has norm
   ~ sqrt(D) / sigma, so the network output keeps a unit scale at every level; with lambda = sigma^2 the
   loss becomes 1/2 ||net(x + sigma z, t) + z||^2, an epsilon-prediction like DDPM's. NCSNv2 drops the
   noise conditioning altogether; we keep it, as NCSN++ does (Song et al. 2021, `scale_by_sigma` with a
   noise embedding), which costs nothing and helps at the small levels.
-- t(sigma) maps log sigma (evenly spaced for a geometric sequence) onto [0, 999], the range of DDPM's
-  timesteps that the nets' sinusoidal embedding was sized for: sigma_L -> 0 (least noise, like DDPM's
-  t = 0), sigma_1 -> 999. For geometric sigmas this is the noise-level index scaled to [0, 999].
+- t(sigma) maps log sigma (evenly spaced for a geometric sequence) onto [0, 1], the nets' continuous
+  time (nets/unet.timestep_embedding): sigma_L -> 0 (least noise, like DDPM's t = 0), sigma_1 -> 1.
+  For geometric sigmas this is the noise-level index scaled to [0, 1].
 
 Value range: images in [-1, 1] (DESIGN.md's convention for NCSN). NCSN's code used [0, 1]; in
 [-1, 1] every distance doubles, so NCSNv2's sigmas (50 .. 0.01 on CIFAR-10) become 100 .. 0.02 and
@@ -54,8 +54,6 @@ from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.langevin import AnnealedLangevin, NoiseConditionalScore
 from gen_lightning.samplers.ode import ODESampler, ode_log_prob, standard_normal_log_prob
 from gen_lightning.samplers.sigmas import GeometricSigmas
-
-T_MAX = 999.0  # t(sigma_1): DDPM's largest timestep index (T = 1000), the range the sinusoidal embedding expects
 
 NO_LIKELIHOOD = "NCSN's density is that of its probability-flow ODE, which needs the ODELikelihood callback"
 
@@ -93,8 +91,8 @@ class NCSN(GenerativeModel):
 
     # ---- the score ------------------------------------------------------------------------
     def noise_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """t(sigma) = 999 log(sigma / sigma_L) / log(sigma_1 / sigma_L): (B,) in [0, 999] for the net's embedding."""
-        return T_MAX * torch.log(sigma / self.sigmas.sigma_min) / math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
+        """t(sigma) = log(sigma / sigma_L) / log(sigma_1 / sigma_L): (B,) in [0, 1], the nets' continuous time."""
+        return torch.log(sigma / self.sigmas.sigma_min) / math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """s_theta(x, sigma) = net(x, t(sigma)) / sigma (NCSNv2 Technique 3): `(B, *shape)`, sigma `(B,)`."""
@@ -182,18 +180,12 @@ class NCSN(GenerativeModel):
             else:
                 out = self.sampler.sample(NoiseConditionalScore(self.score, self.sigmas), shape, generator,
                                           return_trajectory, device=self.device)
-        x, trajectory = out if return_trajectory else (out, None)
-        x = x if self.value_range is None else x.clamp(*self.value_range)
-        return (x, trajectory) if return_trajectory else x
+        return self.clamped(out, return_trajectory)
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
         """Images must be in [-1, 1] (the sigmas are set for it), and the net must map data to data's shape."""
-        if dm.value_range is not None and tuple(dm.value_range) != (-1.0, 1.0):
-            raise ConfigError(
-                f"NCSN's sigmas and step sizes are set for images in [-1, 1], but {dm.dataset_name} yields "
-                f"{tuple(dm.value_range)}; set data.init_args.value_range: \"-1,1\""
-            )
+        self.require_symmetric_range(dm, "NCSN's sigmas and step sizes are set for images in [-1, 1]")
         self.check_dequantize(dm, self.dequantize)
         data_shape = tuple(dm.data_shape)
         x = torch.zeros(2, *data_shape, device=self.device)

@@ -22,23 +22,20 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from gen_lightning import losses
-from gen_lightning.errors import ConfigError
+from gen_lightning.errors import ConfigError, check_rules
 from gen_lightning.likelihoods import Likelihood
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 
 
 def _check_hparams(latent_dim: int, beta: float, kl_warmup_steps: int, iw_samples: int, iw_chunk: int, sample_mode: str):
-    checks = [
+    check_rules([
         (latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}"),
         (beta >= 0, f"beta must be >= 0, got {beta}; beta = 1 is the ELBO"),
         (kl_warmup_steps >= 0, f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}; 0 turns the warm-up off"),
         (iw_samples >= 1, f"iw_samples must be >= 1, got {iw_samples}; 1 gives the ELBO, Burda et al. use 5000"),
         (iw_chunk >= 1, f"iw_chunk must be >= 1, got {iw_chunk}; it is the number of z per example in one decoder pass"),
         (sample_mode in ("mean", "sample"), f"sample_mode must be 'mean' or 'sample', got {sample_mode!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    ])
 
 
 class VAE(GenerativeModel):
@@ -124,13 +121,10 @@ class VAE(GenerativeModel):
         return self.iwae_log_likelihood(self.likelihood.prepare(x), k or self.iw_samples)
 
     def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor | None:
-        """NLL in nats -> bits/dim: nll/(D ln 2), plus D ln 256 for a density on dequantized [0, 1] data (DESIGN.md);
-        None where bits/dim does not apply (`omitted_metrics` says why)."""
-        if self._bpd_omitted_reason() is not None:
+        """NLL in nats -> bits/dim by the likelihood's convention; None where it does not apply (`omitted_metrics`)."""
+        if self.likelihood.bpd_omitted_reason(self.data_shape) is not None:
             return None
-        d = math.prod(self.data_shape)
-        offset = 0.0 if self.likelihood.discrete else d * math.log(256)
-        return (nll + offset) / (d * math.log(2))
+        return self.likelihood.bits_per_dim(nll, math.prod(self.data_shape))
 
     # ---- training, validation and test ------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -143,25 +137,22 @@ class VAE(GenerativeModel):
         self.log_dict({"train/rec": -log_px_z.mean(), "train/kl": kl.mean(), "train/beta": beta_t})
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def heldout_nelbo(self, batch, stage: str, name: str) -> None:
+        """Log the negative ELBO (beta = 1) of a held-out batch as `{stage}/{name}`, and its bits/dim where defined."""
         x0, _ = batch
-        x = self.likelihood.prepare(x0)
-        log_px_z, kl = self.elbo_terms(x)
-        nelbo = kl - log_px_z
-        self.log("val/loss", nelbo.mean(), prog_bar=True, batch_size=x0.shape[0])
+        log_px_z, kl = self.elbo_terms(self.likelihood.prepare(x0))
+        nelbo, n = kl - log_px_z, x0.shape[0]
+        self.log(f"{stage}/{name}", nelbo.mean(), prog_bar=stage == "val", batch_size=n)
         bpd = self.bits_per_dim(nelbo)
         if bpd is not None:
-            self.log("val/bpd", bpd.mean(), batch_size=x0.shape[0])
+            self.log(f"{stage}/bpd" if stage == "val" else f"{stage}/bpd_elbo", bpd.mean(), batch_size=n)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.heldout_nelbo(batch, "val", "loss")
 
     def test_step(self, batch, batch_idx: int) -> None:
         """The ELBO; the IWAE NLL, bits/dim and KL(data || model) are callbacks.DensityMetrics' (from log_prob)."""
-        x0, _ = batch
-        log_px_z, kl = self.elbo_terms(self.likelihood.prepare(x0))
-        nelbo = kl - log_px_z
-        self.log("test/nelbo_nats", nelbo.mean(), batch_size=x0.shape[0])
-        bpd = self.bits_per_dim(nelbo)
-        if bpd is not None:
-            self.log("test/bpd_elbo", bpd.mean(), batch_size=x0.shape[0])
+        self.heldout_nelbo(batch, "test", "nelbo_nats")
 
     def configure_optimizers(self):
         return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
@@ -186,10 +177,8 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8) -> torch.Tensor:
-        """Decode the straight line between the posterior means of x_a[i] and x_b[i]: `(B*steps, *data_shape)`.
-
-        Row i of the grid (steps images) goes from x_a[i] to x_b[i].
-        """
+        """Decode the straight line between the posterior means of x_a[i] and x_b[i]: `(B*steps, *data_shape)`, row i
+        of the grid (steps images) going from x_a[i] to x_b[i]."""
         if x_a.shape != x_b.shape:
             raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
         if steps < 2:
@@ -206,47 +195,26 @@ class VAE(GenerativeModel):
     def check_data(self, dm) -> None:
         """The likelihood must fit the data, and the nets' shapes must fit both."""
         self.likelihood.check(dm)
-        self._check_encoder(tuple(dm.data_shape))
-        self._check_decoder(tuple(dm.data_shape))
-
-    def _check_encoder(self, data_shape: tuple[int, ...]) -> None:
-        x = torch.zeros(2, *data_shape, device=self.device)
-        h = self.probe(self.encoder, lambda: self.encoder(x), f"the encoder cannot read data of shape {shape_text(data_shape)}",
+        shape, stats = tuple(dm.data_shape), (2 * self.latent_dim,)
+        x, z = torch.zeros(2, *shape, device=self.device), torch.zeros(2, self.latent_dim, device=self.device)
+        h = self.probe(self.encoder, lambda: self.encoder(x), f"the encoder cannot read data of shape {shape_text(shape)}",
                        "set the encoder's in_shape/in_channels/image_size to the data's shape")
-        if tuple(h.shape[1:]) != (2 * self.latent_dim,):
-            raise ConfigError(
-                f"the encoder outputs {shape_text(h.shape[1:])} but latent_dim={self.latent_dim} needs "
-                f"{shape_text((2 * self.latent_dim,))} (mean and log-variance); set the encoder's out_shape/out_features"
-            )
-
-    def _check_decoder(self, data_shape: tuple[int, ...]) -> None:
-        z = torch.zeros(2, self.latent_dim, device=self.device)
-        params = self.probe(self.decoder, lambda: self.decoder(z), f"the decoder cannot read latents of shape {shape_text((self.latent_dim,))}",
-                            f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
-        need = self.likelihood.param_shape(data_shape)
+        if tuple(h.shape[1:]) != stats:
+            raise ConfigError(f"the encoder outputs {shape_text(h.shape[1:])} but latent_dim={self.latent_dim} needs "
+                              f"{shape_text(stats)} (mean and log-variance); set the encoder's out_shape/out_features")
+        params = self.probe(self.decoder, lambda: self.decoder(z), f"the decoder cannot read latents of shape "
+                            f"{shape_text((self.latent_dim,))}", f"set the decoder's in_shape/in_features to latent_dim={self.latent_dim}")
+        need = self.likelihood.param_shape(shape)
         if tuple(params.shape[1:]) != need:
-            raise ConfigError(
-                f"the decoder outputs {shape_text(params.shape[1:])} but {type(self.likelihood).__name__} needs {shape_text(need)} "
-                f"for data of shape {data_shape}; set the decoder's out_shape/out_channels/image_size"
-            )
-
-    def _bpd_omitted_reason(self) -> str | None:
-        """Why bits/dim does not apply to this data and likelihood, or None when it does."""
-        if len(self.data_shape) != 3:
-            return f"{math.prod(self.data_shape)}-D continuous data: bits/dim applies to 8-bit images"
-        if not (self.likelihood.discrete or self.likelihood.dequantize):
-            return (
-                f"{type(self.likelihood).__name__} is a density on images that are not dequantized, so its NLL is "
-                "not a bound on the 8-bit data's; set the likelihood's dequantize: true"
-            )
-        return None
+            raise ConfigError(f"the decoder outputs {shape_text(params.shape[1:])} but {type(self.likelihood).__name__} needs "
+                              f"{shape_text(need)} for data of shape {shape}; set the decoder's out_shape/out_channels/image_size")
 
     # ---- what the evaluation callbacks read (callbacks.DensityMetrics, MetricsWriter) ----------
     density_kind = "bound"  # log_prob is the IWAE estimate: a lower bound on log p(x) in expectation
 
     @property
     def omitted_metrics(self) -> dict[str, str]:
-        bpd_reason = self._bpd_omitted_reason()
+        bpd_reason = self.likelihood.bpd_omitted_reason(self.data_shape)
         return {} if bpd_reason is None else dict.fromkeys(("val/bpd", "test/bpd_elbo", "test/bpd"), bpd_reason)
 
     @property
@@ -259,10 +227,6 @@ class VAE(GenerativeModel):
                 "(Burda et al. 2016, eq. 8): an upper bound on the true NLL in expectation"
             ),
         }
-        if self._bpd_omitted_reason() is None:
-            d = math.prod(self.data_shape)
-            conventions["bits_per_dim"] = (
-                f"nll / (D ln 2), D = {d}" if self.likelihood.discrete
-                else f"(nll + D ln 256) / (D ln 2), D = {d}: uniform dequantization of 8-bit data in [0, 1]"
-            )
+        if self.likelihood.bpd_omitted_reason(self.data_shape) is None:
+            conventions["bits_per_dim"] = self.likelihood.bpd_convention(math.prod(self.data_shape))
         return conventions

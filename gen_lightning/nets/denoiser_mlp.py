@@ -2,9 +2,9 @@
 
 `forward(x (B, dim), t (B,) float, labels (B,) long | None) -> (B, dim)`.
 
-- `t` is any float conditioning, embedded sinusoidally (as in the U-Net, unet.timestep_embedding)
-  and passed through a 2-layer MLP. DDPM passes the timestep index 0..T-1 as a float; NCSN
-  passes its own noise-level scalar.
+- `t` is continuous time in [0, 1], embedded sinusoidally as in the U-Net (unet.timestep_embedding,
+  the nets' one time convention) and passed through a 2-layer MLP. DDPM passes step i of T as
+  i / T; NCSN the fraction of its log-sigma range; flow matching its t.
 - With `num_classes` set, labels are required and the index `num_classes` is the "no label"
   null token for classifier-free guidance.
 - Optional Fourier features of x (Tancik et al. 2020): with `fourier_octaves` = L > 0 the input is

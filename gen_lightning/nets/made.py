@@ -28,21 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gen_lightning.errors import ConfigError
+from gen_lightning.errors import ConfigError, check_rules
 from gen_lightning.nets.mlp import Activation, make_activation
 
 
 def _check(in_shape: list[int], hidden: list[int], params_per_dim: int, num_masks: int) -> int:
     num_dims = math.prod(in_shape)
-    checks = [
+    check_rules([
         (num_dims >= 2, f"MADE needs at least 2 dimensions, got in_shape {list(in_shape)}"),
         (len(hidden) >= 1 and all(h >= 1 for h in hidden), f"MADE hidden must hold >= 1 sizes >= 1, got {list(hidden)}"),
         (params_per_dim >= 1, f"params_per_dim must be >= 1, got {params_per_dim}"),
         (num_masks >= 1, f"num_masks must be >= 1, got {num_masks}; 1 is one fixed order and connectivity"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    ])
     return num_dims
 
 

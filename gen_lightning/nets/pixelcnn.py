@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gen_lightning.errors import ConfigError
+from gen_lightning.errors import check_rules
 
 
 def channel_groups(num_channels: int, data_channels: int) -> torch.Tensor:
@@ -118,7 +118,7 @@ class GatedPixelCNN(nn.Module):
         head_channels: int = 256,
     ):
         super().__init__()
-        checks = [
+        check_rules([
             (in_channels >= 1 and image_size >= 1, f"in_channels and image_size must be >= 1, got {in_channels} and {image_size}"),
             (num_layers >= 1, f"num_layers must be >= 1, got {num_layers}"),
             (channels >= in_channels and head_channels >= in_channels,
@@ -126,10 +126,7 @@ class GatedPixelCNN(nn.Module):
             (kernel_size % 2 == 1 and first_kernel_size % 2 == 1,
              f"kernel sizes must be odd, got kernel_size={kernel_size}, first_kernel_size={first_kernel_size}"),
             (params_per_channel >= 1, f"params_per_channel must be >= 1, got {params_per_channel}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        ])
         self.in_channels, self.image_size, self.params_per_channel = in_channels, image_size, params_per_channel
         c = in_channels
         self.layers = nn.ModuleList(

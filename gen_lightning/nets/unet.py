@@ -2,10 +2,11 @@
 
 - Residual blocks: GroupNorm -> SiLU -> 3x3 conv, plus the projected time (and class) embedding,
   then GroupNorm -> SiLU -> dropout -> 3x3 conv, with a 1x1 shortcut when channels change.
-- Time conditioning: a sinusoidal embedding of a FLOAT tensor `t` of shape (B,) (Transformer
-  positional encoding), followed by a 2-layer MLP; the result is added in every residual block.
-  The caller decides what `t` means: DDPM passes the integer timestep 0..T-1 as a float,
-  NCSN passes its own scalar per noise level (e.g. a scaled log sigma). Any real value works.
+- Time conditioning: continuous time `t` in [0, 1], a float tensor of shape (B,) (the convention
+  of every time-conditioned net here, see `timestep_embedding`), embedded sinusoidally
+  (Transformer positional encoding) and passed through a 2-layer MLP; the result is added in every
+  residual block. DDPM passes its step index i as i / T, NCSN the fraction of the log-sigma range,
+  flow matching its own t.
 - Optional class conditioning: `num_classes + 1` embeddings; index `num_classes` is the "no
   label" null token used for classifier-free guidance (Ho & Salimans 2022). The class embedding
   is added to the time embedding.
@@ -28,11 +29,16 @@ from torch import nn
 from gen_lightning.errors import ConfigError
 
 
+TIME_RESOLUTION = 1000.0  # the embedding reads 1000 t: its periods resolve the 1000 steps of Ho et al.'s T = 1000
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of float t: (B,) -> (B, dim) = [cos(t w_i), sin(t w_i)], w_i = max_period^(-i/half)."""
+    """Sinusoidal embedding of continuous time t in [0, 1]: (B,) -> (B, dim) = [cos(1000 t w_i), sin(1000 t w_i)],
+    w_i = max_period^(-i/half). This is the one time convention of the nets (UNet, DenoiserMLP): each family maps its
+    own time onto [0, 1] (DDPM: step i of T as i / T), and none scales it for the net."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (B, 1) * (1, half) -> (B, half)
+    args = (TIME_RESOLUTION * t.float())[:, None] * freqs[None]  # (B, 1) * (1, half) -> (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
@@ -126,9 +132,9 @@ class Level(nn.Module):
 class UNet(nn.Module):
     """`forward(x (B, C, H, W), t (B,) float, labels (B,) long | None) -> (B, C, H, W)`.
 
-    `t` is any float conditioning (DDPM: the timestep index as float; NCSN: its own noise-level
-    scalar). With `num_classes` set, `labels` are required; the index `num_classes` means
-    "no label" (classifier-free guidance's null token).
+    `t` is continuous time in [0, 1] (`timestep_embedding`; DDPM passes step i of T as i / T, NCSN
+    its log-sigma fraction). With `num_classes` set, `labels` are required; the index `num_classes`
+    means "no label" (classifier-free guidance's null token).
     """
 
     def __init__(

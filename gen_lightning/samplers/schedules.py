@@ -68,6 +68,14 @@ class NoiseSchedule:
             setattr(self, name, value.float())
         self._names = list(tensors)
 
+    def net_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Integer steps t (B,) as the nets' continuous time in [0, 1): t / T (nets/unet.timestep_embedding)."""
+        return t.float() / self.num_steps
+
+    def step_of(self, time: torch.Tensor) -> torch.Tensor:
+        """The inverse of `net_time`: the integer steps (B,) long of net times i / T (for oracles and tests)."""
+        return (time * self.num_steps).round().long()
+
     @property
     def device(self) -> torch.device:
         return self.betas.device
@@ -179,7 +187,7 @@ class Denoiser:
 
     def predict(self, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One network pass, as (x0_hat, eps_hat)."""
-        out = self.net(xt, t.float(), labels)  # the timestep index as float conditioning
+        out = self.net(xt, self.schedule.net_time(t), labels)  # step i as time i / T
         if self.prediction == "eps":
             return self.schedule.x0_from_eps(xt, t, out), out
         x0 = out if self.prediction == "x0" else self.schedule.x0_from_v(xt, t, out)

@@ -102,3 +102,15 @@ class SGLD:
                     trajectory.append(x)
             bar.close()
         return finish(x, trajectory)
+
+
+@torch.no_grad()
+def grid_log_normalizer(energy, box: tuple[float, float], size: int, device=None, chunk: int = 16384) -> torch.Tensor:
+    """log Z = log of the integral of exp(-E(x)) over the square box [lo, hi]^2, by the midpoint rule on size x size
+    cells (the normalizer of a 2-D EBM whose chains stay in the box); `energy`: (B, 2) -> (B,)."""
+    lo, hi = box
+    h = (hi - lo) / size
+    axis = lo + h * (torch.arange(size, device=device) + 0.5)
+    points = torch.cartesian_prod(axis, axis)  # (size^2, 2) cell midpoints
+    energies = torch.cat([energy(part) for part in points.split(chunk)])
+    return torch.logsumexp(-energies, dim=0) + 2 * math.log(h)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gen_lightning.errors import ConfigError
-from gen_lightning.models.diffusion import ConditionalDDPM, DDPM, _discretized_gaussian_log_likelihood, _normal_kl
+from gen_lightning.models.diffusion import ConditionalDDPM, DDPM
+from gen_lightning.samplers.vlb import discretized_gaussian_log_likelihood, normal_kl
 from gen_lightning.nets.denoiser_mlp import DenoiserMLP
 from gen_lightning.nets.unet import UNet
 from gen_lightning.samplers import DDIMSampler, DDPMSampler, LinearSchedule
@@ -92,13 +93,13 @@ def test_check_data_refuses_what_does_not_fit():
 
 def test_vlb_pieces_closed_forms():
     # KL(N(0, 1) || N(1, e^2)) = log(e) + (1 + 1) / (2 e^2) - 1/2 = 1 + 1/e^2 - 1/2
-    kl = _normal_kl(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0), torch.tensor(2.0))
+    kl = normal_kl(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0), torch.tensor(2.0))
     assert kl.item() == pytest.approx(0.5 + math.exp(-2.0))
     # a decoder much narrower than a bin puts all its mass in the bin: log P = 0; the 256 bins sum to 1
     x = torch.tensor([0.0, 1.0, -1.0])
-    assert torch.allclose(_discretized_gaussian_log_likelihood(x, x, torch.full((3,), -10.0)), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(discretized_gaussian_log_likelihood(x, x, torch.full((3,), -10.0)), torch.zeros(3), atol=1e-6)
     grid = torch.linspace(-1, 1, 256)
-    p = _discretized_gaussian_log_likelihood(grid, torch.full((256,), 0.3), torch.full((256,), math.log(0.2))).exp()
+    p = discretized_gaussian_log_likelihood(grid, torch.full((256,), 0.3), torch.full((256,), math.log(0.2))).exp()
     assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 

@@ -45,7 +45,7 @@ class OracleForPointMass(nn.Module):
 
     def forward(self, x, t, labels=None):
         log_ratio = math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
-        sigma = self.sigmas.sigma_min * torch.exp(t / 999.0 * log_ratio)  # inverts NCSN.noise_t
+        sigma = self.sigmas.sigma_min * torch.exp(t * log_ratio)  # inverts NCSN.noise_t
         return -x / sigma.view(-1, *([1] * (x.ndim - 1)))
 
 
@@ -61,12 +61,12 @@ def gmm_data(n_train=512) -> GMMDataModule:
     return dm
 
 
-def test_noise_conditioning_spans_0_to_999_and_the_score_is_net_over_sigma():
+def test_noise_conditioning_spans_0_to_1_and_the_score_is_net_over_sigma():
     model = gmm_model()
     s = model.sigmas.sigmas
     t = model.noise_t(s)
-    torch.testing.assert_close(t[[0, -1]], torch.tensor([999.0, 0.0]), atol=1e-3, rtol=0)
-    torch.testing.assert_close(t, torch.linspace(999.0, 0.0, 5), atol=1e-3, rtol=0)  # geometric sigmas: evenly spaced t
+    torch.testing.assert_close(t[[0, -1]], torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(t, torch.linspace(1.0, 0.0, 5), atol=1e-6, rtol=0)  # geometric sigmas: evenly spaced t
     x = torch.randn(5, 2)
     net_out = model.net(x, t)
     torch.testing.assert_close(model.score(x, s), net_out / s[:, None])

@@ -20,7 +20,7 @@ def _perturb(net: torch.nn.Module) -> None:
 
 
 def test_timestep_embedding_closed_form():
-    t = torch.tensor([0.0, 3.0])
+    t = torch.tensor([0.0, 0.003])  # continuous time in [0, 1], read as 1000 t = 0 and 3
     emb = timestep_embedding(t, 4)  # freqs 1 and 10000^(-1/2) = 0.01
     expected = torch.tensor([[1.0, 1.0, 0.0, 0.0], [math.cos(3.0), math.cos(0.03), math.sin(3.0), math.sin(0.03)]])
     torch.testing.assert_close(emb, expected)
@@ -33,11 +33,11 @@ def test_timestep_embedding_closed_form():
 def test_unet_shapes_and_zero_init(in_channels, size, mults, attn):
     net = UNet(in_channels, size, channels=16, channel_mults=mults, num_res_blocks=1, attention_resolutions=attn)
     x = torch.randn(3, in_channels, size, size)
-    out = net(x, torch.tensor([0.0, 10.5, 999.0]))
+    out = net(x, torch.tensor([0.0, 0.0105, 0.999]))
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0  # the final conv starts at zero
     _perturb(net)
-    assert net(x, torch.tensor([0.0, 10.5, 999.0])).abs().sum() > 0
+    assert net(x, torch.tensor([0.0, 0.0105, 0.999])).abs().sum() > 0
 
 
 @pytest.mark.parametrize("channels", [16, 32, 64])
@@ -47,7 +47,7 @@ def test_unet_time_changes_the_output(channels):
     net = UNet(1, 28, channels=channels, num_res_blocks=1).eval()
     _perturb(net)
     x = torch.randn(1, 1, 28, 28).expand(2, -1, -1, -1)
-    out = net(x, torch.tensor([1.0, 500.0]))
+    out = net(x, torch.tensor([0.001, 0.5]))
     assert (out[0] - out[1]).abs().mean() > 0.01 * out.abs().mean()
 
 
@@ -56,11 +56,11 @@ def test_unet_class_embedding_and_null_token():
     assert net.class_embed.num_embeddings == 11  # 10 classes + the "no label" token
     _perturb(net)
     x = torch.randn(1, 1, 28, 28).expand(3, -1, -1, -1)
-    out = net(x, torch.full((3,), 5.0), torch.tensor([0, 3, 10]))
+    out = net(x, torch.full((3,), 0.005), torch.tensor([0, 3, 10]))
     assert out.shape == x.shape
     assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
     with pytest.raises(ValueError, match="pass labels"):
-        net(x, torch.full((3,), 5.0))
+        net(x, torch.full((3,), 0.005))
     with pytest.raises(ValueError, match="takes no labels"):
         UNet(1, 28, channels=16, num_res_blocks=1)(x, torch.zeros(3), torch.zeros(3, dtype=torch.long))
 

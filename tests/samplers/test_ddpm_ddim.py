@@ -22,7 +22,7 @@ class PointOracle(nn.Module):
         self.schedule, self.x0, self.prediction = schedule, x0, prediction
 
     def forward(self, xt, t, labels=None):
-        t = t.long()
+        t = self.schedule.step_of(t)
         eps = self.schedule.eps_from_x0(xt, t, self.x0)
         return {"eps": eps, "x0": self.x0.expand_as(xt), "v": self.schedule.v_target(self.x0, t, eps)}[self.prediction]
 
@@ -35,7 +35,7 @@ class GaussianOracle(nn.Module):
         self.schedule, self.m, self.s2 = schedule, m, s * s
 
     def forward(self, xt, t, labels=None):
-        ab = self.schedule.alpha_bar[t.long()].reshape(-1, 1)
+        ab = self.schedule.alpha_bar[self.schedule.step_of(t)].reshape(-1, 1)
         return (1 - ab).sqrt() * (xt - ab.sqrt() * self.m) / (ab * self.s2 + 1 - ab)
 
 
@@ -77,7 +77,7 @@ def test_ddpm_step_mean_is_the_posterior_mean_and_ddpm_eq_11(t):
     mean = x_prev - SCHEDULE.posterior_variance[t].sqrt() * z
     tb = torch.full((4,), t)
     torch.testing.assert_close(mean, SCHEDULE.q_posterior_mean(x0, xt, tb), atol=1e-5, rtol=1e-4)
-    eps = oracle(xt, tb.float())  # DDPM eq. 11: 1/sqrt(alpha) (x_t - beta / sqrt(1 - ab) eps)
+    eps = oracle(xt, SCHEDULE.net_time(tb))  # DDPM eq. 11: 1/sqrt(alpha) (x_t - beta / sqrt(1 - ab) eps)
     eq11 = (xt - SCHEDULE.betas[t] / SCHEDULE.sqrt_one_minus_alpha_bar[t] * eps) / SCHEDULE.alphas[t].sqrt()
     torch.testing.assert_close(mean, eq11, atol=1e-4, rtol=1e-4)
 
@@ -190,7 +190,7 @@ class MixtureOracle(nn.Module):
         self.schedule, self.gmm = schedule, gmm
 
     def forward(self, xt, t, labels=None):
-        ab = self.schedule.alpha_bar[t.long()][:, None, None]  # (B, 1, 1)
+        ab = self.schedule.alpha_bar[self.schedule.step_of(t)][:, None, None]  # (B, 1, 1)
         mu = ab.sqrt() * self.gmm.means[None]  # (B, K, 2)
         var = ab * self.gmm.stds[None, :, None] ** 2 + 1 - ab  # (B, K, 1)
         log_w = self.gmm.weights.log()[None] - ((xt[:, None] - mu) ** 2 / var).sum(-1) / 2 - var[..., 0].log()  # (B, K)

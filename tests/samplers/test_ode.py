@@ -111,7 +111,7 @@ class GaussianOracle(nn.Module):
         self.schedule, self.m, self.s2 = schedule, m, s * s
 
     def forward(self, xt, t, labels=None):
-        ab = self.schedule.alpha_bar[t.long()].reshape(-1, *([1] * (xt.ndim - 1)))
+        ab = self.schedule.alpha_bar[self.schedule.step_of(t)].reshape(-1, *([1] * (xt.ndim - 1)))
         return (1 - ab).sqrt() * (xt - ab.sqrt() * self.m) / (ab * self.s2 + 1 - ab)
 
 
@@ -137,7 +137,7 @@ class PointOracle(nn.Module):
         self.schedule, self.x0 = schedule, x0
 
     def forward(self, xt, t, labels=None):
-        return self.schedule.eps_from_x0(xt, t.long(), self.x0)
+        return self.schedule.eps_from_x0(xt, self.schedule.step_of(t), self.x0)
 
 
 @pytest.mark.parametrize("steps", [1, 10, 20])

@@ -23,7 +23,7 @@ class EpsOracle(nn.Module):
     """E[eps | x_t] of Gaussian data: sqrt(1 - ab) (x_t - sqrt(ab) M) / (ab S^2 + 1 - ab)."""
 
     def forward(self, xt, t, labels=None):
-        ab = SCHEDULE.alpha_bar[t.long()].reshape(-1, 1)
+        ab = SCHEDULE.alpha_bar[SCHEDULE.step_of(t)].reshape(-1, 1)
         return (1 - ab).sqrt() * (xt - ab.sqrt() * M) / (ab * S**2 + 1 - ab)
 
 

@@ -82,3 +82,22 @@ def test_schedule_errors_and_device_move():
         CosineSchedule(num_steps=0)
     s = LinearSchedule(num_steps=10)
     assert s.to("cpu") is s and s.device.type == "cpu" and s.num_steps == 10
+
+
+@pytest.mark.parametrize("num_steps", [1000, 37])
+def test_net_time_is_step_over_T_and_step_of_inverts_it(num_steps):
+    s = LinearSchedule(num_steps=num_steps)
+    steps = torch.arange(num_steps)
+    time = s.net_time(steps)
+    assert time.dtype == torch.float32 and time.min() == 0 and time.max() < 1
+    torch.testing.assert_close(time, steps.double().div(num_steps).float())
+    assert torch.equal(s.step_of(time), steps)
+
+
+def test_the_embedding_of_step_i_over_1000_is_that_of_the_old_step_index():
+    """T = 1000 checkpoints trained when the nets read the step index i itself see the same embedding of i / 1000."""
+    from gen_lightning.nets.unet import timestep_embedding
+
+    steps = torch.arange(1000)
+    old = torch.cat([torch.cos(steps.double()[:, None]), torch.sin(steps.double()[:, None])], 1)  # dim 2: freq 1
+    torch.testing.assert_close(timestep_embedding(LinearSchedule().net_time(steps), 2).double(), old, atol=2e-4, rtol=0)
