@@ -99,3 +99,19 @@ def test_denoiser_mlp_fourier_features_closed_form():
     assert net.inp.in_features == 10 and "freqs" not in net.state_dict()
     with pytest.raises(ConfigError, match="fourier"):
         DenoiserMLP(fourier_octaves=-1)
+
+
+def test_attention_applies_its_1x1_convolutions_as_matrix_products():
+    """The block computes qkv and proj with F.linear over the tokens, for speed; the result (and so the meaning of
+    trained weights) is that of the 1x1 convolutions the weights belong to."""
+    from gen_lightning.nets.unet import AttentionBlock
+
+    block = AttentionBlock(32)
+    _perturb(block)
+    x = torch.randn(3, 32, 7, 7, generator=torch.Generator().manual_seed(1))
+    b, c, h, w = x.shape
+    q, k, v = block.qkv(block.norm(x)).reshape(b, 3, c, h * w).unbind(1)  # the convolutions themselves
+    attended = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    expected = x + block.proj(attended.transpose(1, 2).reshape(b, c, h, w))
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(block(x), x)  # the perturbed block does attend
