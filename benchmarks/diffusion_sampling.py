@@ -7,7 +7,8 @@
 The model and data are built exactly as `gen` builds them from `--config` (plus any `--override`
 config files stacked after it, e.g. the bounded CPU run's), the checkpoint's weights are loaded (the
 EMA average when the run used EMAWeightAveraging, or with `--weights raw` the raw weights beside it), and each sampler in `--samplers`
-("ddpm", "ddpm-large" for the fixed-large variance, "ddim:S" for DDIM with S steps and eta 0)
+("ddpm", "ddpm-large" for the fixed-large variance, "ddim:S" for DDIM with S steps and eta 0, "ddim:S:ETA:SPACING"
+for another eta and "leading" or "trailing" timesteps, e.g. ddim:50:1:trailing)
 replaces the model's sampler in turn. Every sampler starts from the same x_T (one seed).
 
 - GMM data: modes covered, high-quality fraction and reverse KL on `--num_samples` (2,500 by
@@ -35,14 +36,16 @@ from gen_lightning.samplers import DDIMSampler, DDPMSampler
 
 
 def make_sampler(spec: str):
-    """"ddpm" | "ddpm-large" | "ddim:S" -> a sampler (eta 0 for DDIM)."""
+    """"ddpm" | "ddpm-large" | "ddim:S[:ETA[:SPACING]]" -> a sampler (DDIM: eta 0 and leading spacing by default)."""
     if spec == "ddpm":
         return DDPMSampler("fixed_small")
     if spec == "ddpm-large":
         return DDPMSampler("fixed_large")
     if spec.startswith("ddim:"):
-        return DDIMSampler(num_steps=int(spec.split(":", 1)[1]), eta=0.0)
-    raise SystemExit(f"error: unknown sampler {spec!r}; use ddpm, ddpm-large or ddim:S")
+        fields = spec.split(":")[1:]
+        steps, eta, spacing = fields + ["0", "leading"][len(fields) - 1:]
+        return DDIMSampler(num_steps=int(steps), eta=float(eta), spacing=spacing)
+    raise SystemExit(f"error: unknown sampler {spec!r}; use ddpm, ddpm-large or ddim:S[:ETA[:SPACING]]")
 
 
 def load(config: str, overrides: list[str], ckpt: str, weights: str = "ema"):
