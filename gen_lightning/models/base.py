@@ -8,6 +8,7 @@
   read-only, computed from the config and the data); evaluation callbacks keep their own findings.
 - In `setup()` the model reads `data_shape`, `num_classes` and `value_range` from the
   DataModule and `check_data()` raises a clear error when they do not fit.
+- Training stops before a non-finite update (models/divergence.py, `DivergenceGuard`, the base of this class).
 - Checkpoints carry the model class, the data it was trained on and the RNG states, so that
   a checkpoint from another model fails with one sentence and `--ckpt_path` resumes exactly.
 - `predict_step` draws one sample per index in the predict batch (see data.base.predict_loader).
@@ -16,17 +17,15 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import random
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
 from gen_lightning.data.base import GenerativeData
-from gen_lightning.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
+from gen_lightning.errors import CheckpointMismatchError, ConfigError
+from gen_lightning.models.divergence import DivergenceGuard
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -60,7 +59,7 @@ def _numpy_state_from_tensors(state: tuple) -> tuple:
     return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
 
 
-class GenerativeModel(L.LightningModule):
+class GenerativeModel(DivergenceGuard):
     """Base class of every family's LightningModule."""
 
     conditional: bool = False
@@ -80,9 +79,6 @@ class GenerativeModel(L.LightningModule):
         self.data_info: dict = {}
         self.trained_progress: dict = {}
         self._rng_to_restore: dict | None = None
-        # the divergence guard's view of the current step: the loss being backpropagated, the gradient norm it checked
-        self._guarded_loss: torch.Tensor | None = None
-        self.last_grad_norm: torch.Tensor | None = None
 
     # ---- data contract ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -253,81 +249,6 @@ class GenerativeModel(L.LightningModule):
             return opt
         warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
-
-    # ---- divergence: one guard for every family -------------------------------------------
-    # what a family suggests when its training diverges; each family sets its own
-    divergence_advice: str = "Lower the learning rate"
-    # what each optimizer of configure_optimizers trains, in order, when there are several (GAN)
-    optimizer_names: tuple[str, ...] = ()
-    # log the gradient norm that the guard computes anyway as train/grad_norm (flows, EBM)
-    log_grad_norm: bool = False
-
-    def on_before_backward(self, loss: torch.Tensor) -> None:
-        """Keep the loss being backpropagated (also under manual optimization), for the check before the step."""
-        self._guarded_loss = loss.detach()
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop before the optimizer changes any weight when the loss or the gradients are not finite.
-
-        Lightning calls this after backward and before `optimizer.step()`, for automatic and manual
-        optimization alike, so the weights (and with them every checkpoint) stay the last finite ones.
-        One host sync per step: the loss and the gradient norm are checked together.
-        """
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-        loss = self._guarded_loss
-        loss = torch.zeros((), device=grad_norm.device) if loss is None else loss.float().to(grad_norm.device)
-        if not bool(torch.isfinite(torch.stack([loss, grad_norm.float()])).all()):
-            whose = self._optimizer_name(optimizer)
-            what = (f"the {whose}loss became {loss.item()}" if not math.isfinite(loss.item())
-                    else f"the {whose}gradient norm became {grad_norm.item()}")
-            self.diverged(what)
-        self.last_grad_norm = grad_norm.detach()
-        if self.log_grad_norm:
-            self.log("train/grad_norm", self.last_grad_norm)
-
-    def _optimizer_name(self, optimizer) -> str:
-        """'discriminator ' when a family names its optimizers, else ''."""
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        for name, opt in zip(self.optimizer_names, optimizers):
-            if optimizer is opt or getattr(optimizer, "optimizer", None) is opt:
-                return f"{name} "
-        return ""
-
-    def diverged(self, what: str) -> None:
-        """Raise the one-line TrainingDivergedError: what happened, at which step, what is kept, what to try."""
-        raise TrainingDivergedError(
-            f"{what} at step {self.global_step} (epoch {self.current_epoch}){self._learning_rates()}; training stopped "
-            f"before updating the weights. {self._checkpoints_kept()} {self.divergence_advice}"
-        )
-
-    def _learning_rates(self) -> str:
-        """', learning rate 1000': the usual cause of a divergence, named in its message."""
-        if self._trainer is None or not self.trainer.optimizers:
-            return ""
-        lrs = sorted({g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups if "lr" in g})
-        return f", learning rate {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else ""
-
-    def _checkpoints_kept(self) -> str:
-        """Which checkpoints exist, for the divergence message."""
-        if self._trainer is None:
-            return "No checkpoint was written."
-        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-        written = sorted({Path(p).name for cb in callbacks for p in (cb.last_model_path, cb.best_model_path) if p})
-        if written:
-            return (f"The checkpoints in {callbacks[0].dirpath} ({', '.join(written)}) hold the last finite weights "
-                    "and were not overwritten.")
-        earlier = sorted({p.name for cb in callbacks if Path(cb.dirpath).is_dir() for p in Path(cb.dirpath).glob("*.ckpt")})
-        if earlier:
-            return (f"This run wrote no checkpoint; those already in {callbacks[0].dirpath} ({', '.join(earlier)}) "
-                    "were not touched.")
-        return "No checkpoint had been written yet by this run, so there is none to resume from."
-
-    @staticmethod
-    def nonfinite_weights(state_dict: dict) -> list[str]:
-        """Names of the floating-point tensors in `state_dict` that hold a NaN or an infinity."""
-        return [k for k, v in state_dict.items()
-                if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
     # ---- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

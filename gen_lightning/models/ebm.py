@@ -65,7 +65,7 @@ def _check_hparams(**h) -> None:
 class EBM(GenerativeModel):
     """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`; `scheduler` (optional) steps once per epoch."""
 
-    log_grad_norm = True  # train/grad_norm, from the divergence guard (models/base.py)
+    log_grad_norm = True  # train/grad_norm, from the divergence guard (models/divergence.py)
     divergence_advice = "Lower the learning rate or step_size, raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
 
     conditional = False
@@ -133,7 +133,7 @@ class EBM(GenerativeModel):
         e_pos, e_neg = self.energy(x_pos), self.energy(x_neg)
         loss = contrastive_divergence(e_pos, e_neg, self.alpha)
         largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
-        if largest > self.max_energy:  # stop before the weights change (models/base.py guards non-finite values)
+        if largest > self.max_energy:  # stop before the weights change (models/divergence.py guards non-finite values)
             self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/energy_pos": e_pos.mean(), "train/energy_neg": e_neg.mean(),

@@ -54,7 +54,7 @@ class Flow(GenerativeModel):
 
     sampling_options = ("predict_seed", "sample_temperature")
 
-    log_grad_norm = True  # train/grad_norm, from the divergence guard (models/base.py)
+    log_grad_norm = True  # train/grad_norm, from the divergence guard (models/divergence.py)
     divergence_advice = "Lower the learning rate, or set trainer.gradient_clip_val"
 
     network_evaluations_per_sample = 1  # one pass of net.inverse

@@ -158,7 +158,7 @@ class GAN(GenerativeModel):
         return loss
 
     def update(self, opt, loss: torch.Tensor) -> torch.Tensor:
-        """Backward and step; the divergence guard (models/base.py) raises before the step when the loss or gradients are not finite."""
+        """Backward and step; the divergence guard (models/divergence.py) raises before the step when the loss or gradients are not finite."""
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
