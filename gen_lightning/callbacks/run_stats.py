@@ -1,12 +1,12 @@
 """Training stability and speed, measured the same way for every family.
 
-`FitStats` (during `gen fit`) records every `train/*` scalar at every step, the number of
-non-finite losses, the wall time and the training throughput. It never synchronises the device per
-step: a `float()` of a GPU scalar or a `torch.cuda.synchronize` each step would serialise the
-pipeline, so the scalars stay on the device and are copied out together every
-`trainer.log_every_n_steps` steps (when Lightning logs anyway), and the clock is synchronised only
-where training pauses (epoch ends and validation), which keeps data loading inside the measured
-training time. Its summary travels in every checkpoint, so `gen test --ckpt_path` reads it back and
+`FitStats` (during `gen fit`) records every `train/*` scalar on the steps Lightning logs
+(every `log_every_n_steps`: the families hand their scalars to `self.log` only there,
+models/divergence.py `log_step`), the number of non-finite losses among them, the wall time and
+the training throughput. It never synchronises the device per step: a `float()` of a GPU scalar or
+a `torch.cuda.synchronize` each step would serialise the pipeline, so the scalars are copied off
+the device only on those logging steps, and the clock is synchronised only where training pauses
+(epoch ends and validation), which keeps data loading inside the measured training time. Its summary travels in every checkpoint, so `gen test --ckpt_path` reads it back and
 puts it in metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
 Every figure carries the device, dtype and batch size it was measured with.
 """
@@ -21,6 +21,7 @@ import torch
 
 from gen_lightning.callbacks.outputs import ReportingCallback
 from gen_lightning.errors import ConfigError
+from gen_lightning.models.divergence import is_logging_step
 
 
 def _sync(device: torch.device) -> None:
@@ -46,11 +47,13 @@ def conditions(trainer: L.Trainer, pl_module: L.LightningModule, batch_size: int
     }
 
 
+MIN_TAIL = 8  # logged values the stability tail takes at least (a short fit logs few)
 CHECKPOINT_KEY = "gen_lightning_fit_stats"  # the fit's summary, beside the weights
 
 
 class FitStats(L.Callback):
-    """Stability (loss CV over the last `tail_fraction` of steps, non-finite losses) and speed of a fit."""
+    """Stability (loss CV over the last `tail_fraction` of the logged steps, at least the last MIN_TAIL of them;
+    non-finite losses) and speed of a fit."""
 
     def __init__(self, tail_fraction: float = 0.1):
         if not 0 < tail_fraction <= 1:
@@ -105,11 +108,12 @@ class FitStats(L.Callback):
         self.images += n * trainer.world_size
         self.batch_size = max(self.batch_size, n)  # the configured size, not a short last batch
         self.batches += 1
+        if not is_logging_step(trainer):  # the other steps log nothing: callback_metrics still hold older values
+            return
         for key, value in trainer.callback_metrics.items():  # kept on the device: no float() here
             if key.startswith("train/") and not key.endswith("_epoch") and value.numel() == 1:
                 self._pending.setdefault(key.removesuffix("_step"), []).append(value.detach().reshape(()).clone())
-        if self.batches % max(1, trainer.log_every_n_steps) == 0:
-            self.flush()
+        self.flush()  # one transfer (and sync) per scalar name per logging step
 
     def flush(self) -> None:
         """Move the scalars kept on the device into `history`: one transfer (and sync) per scalar name."""
@@ -121,7 +125,7 @@ class FitStats(L.Callback):
         self.flush()
         stats: dict = {"steps": self.batches}
         for key, values in sorted(self.history.items()):
-            tail = values[-max(1, int(len(values) * self.tail_fraction)) :]
+            tail = values[-max(int(len(values) * self.tail_fraction), min(len(values), MIN_TAIL)) :]
             name = key.removeprefix("train/")
             stats[f"{name}_cv_tail"] = coefficient_of_variation(tail)
             stats[f"{name}_nonfinite"] = sum(not math.isfinite(v) for v in values)

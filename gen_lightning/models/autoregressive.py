@@ -84,7 +84,7 @@ class AutoregressiveModel(GenerativeModel):
         x, _ = batch
         mask = self.global_step % self.num_masks  # order/connectivity-agnostic training (MADE sec. 4.2)
         loss = -self.log_prob_one_mask(x, mask).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_step({"train/loss": loss})
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

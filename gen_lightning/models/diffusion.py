@@ -93,7 +93,7 @@ class DDPM(GenerativeModel):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, y = batch
         loss = self.loss(x0, self.training_labels(y))
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_step({"train/loss": loss})
         return loss
 
     def configure_optimizers(self):

@@ -121,7 +121,7 @@ class EBM(GenerativeModel):
         x, idx, reinit = self.buffer_starts(n)
         x = self.sgld(self.sgld_steps).sample(self.energy, tuple(x.shape), x_init=x)
         self.replay[idx] = x
-        self.log("train/reinit_fraction", reinit.float().mean())
+        self.log_step({"train/reinit_fraction": reinit.float().mean()})
         return x
 
     # ---- training ---------------------------------------------------------------------------
@@ -135,8 +135,7 @@ class EBM(GenerativeModel):
         largest = torch.cat([e_pos, e_neg]).detach().abs().max().item()
         if largest > self.max_energy:  # stop before the weights change (models/divergence.py guards non-finite values)
             self.diverged(f"the energy reached |E| = {largest:.4g} > max_energy = {self.max_energy:g}")
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/energy_pos": e_pos.mean(), "train/energy_neg": e_neg.mean(),
+        self.log_step({"train/loss": loss, "train/energy_pos": e_pos.mean(), "train/energy_neg": e_neg.mean(),
                        "train/cd": e_pos.mean() - e_neg.mean()})  # fmt: skip
         return loss
 

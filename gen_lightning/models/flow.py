@@ -128,9 +128,7 @@ class Flow(GenerativeModel):
         x, _ = batch
         nll = -self.log_prob(x)
         loss = nll.mean()
-        self.log("train/loss", loss, prog_bar=True)
-        if self.is_image:
-            self.log("train/bpd", self.bits_per_dim(nll).mean())
+        self.log_step({"train/loss": loss} | ({"train/bpd": self.bits_per_dim(nll).mean()} if self.is_image else {}))
         return loss
 
     def _nll(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:

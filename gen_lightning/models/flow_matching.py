@@ -141,7 +141,7 @@ class FlowMatching(GenerativeModel):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x1, y = batch
         loss = self.loss(x1, self.training_labels(y))
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_step({"train/loss": loss})
         return loss
 
     def configure_optimizers(self):

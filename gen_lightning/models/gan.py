@@ -144,7 +144,7 @@ class GAN(GenerativeModel):
             real_logits, fake_logits = self.critic(real, labels), self.critic(fake, labels)
             loss = self.d_loss_fn(real_logits, fake_logits) + self.penalty(real, fake, labels)
             grad_norm = self.update(opt, loss)
-        self.log_dict({"train/d_loss": loss, "train/d_real": self.d_output(real_logits),
+        self.log_step({"train/d_loss": loss, "train/d_real": self.d_output(real_logits),
                        "train/d_fake": self.d_output(fake_logits), "train/d_grad_norm": grad_norm})
         return loss
 
@@ -153,8 +153,7 @@ class GAN(GenerativeModel):
         with self.toggled_optimizer(opt):
             loss = self.g_loss_fn(self.critic(fake, labels))
             grad_norm = self.update(opt, loss)
-        self.log("train/g_loss", loss, prog_bar=True)
-        self.log("train/g_grad_norm", grad_norm)
+        self.log_step({"train/g_loss": loss, "train/g_grad_norm": grad_norm}, prog_bar="train/g_loss")
         return loss
 
     def update(self, opt, loss: torch.Tensor) -> torch.Tensor:

@@ -133,8 +133,7 @@ class VAE(GenerativeModel):
         log_px_z, kl = self.elbo_terms(x)
         beta_t = self.kl_weight(self.global_step)
         loss = (-log_px_z + beta_t * kl).mean()
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/rec": -log_px_z.mean(), "train/kl": kl.mean(), "train/beta": beta_t})
+        self.log_step({"train/loss": loss, "train/rec": -log_px_z.mean(), "train/kl": kl.mean(), "train/beta": beta_t})
         return loss
 
     def heldout_nelbo(self, batch, stage: str, name: str) -> None:

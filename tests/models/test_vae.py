@@ -218,7 +218,7 @@ def test_interpolation_grid_starts_and_ends_at_the_posterior_means():
 
 def run(model: VAE, dm) -> dict:
     trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, log_every_n_steps=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[DensityMetrics()],
     )
     trainer.fit(model, dm)
