@@ -6,7 +6,10 @@ Discriminator: [strided Conv, norm, LeakyReLU(0.2)] ... with no norm after the f
 then a linear score of the flattened features (a projection head when conditional). Weights
 start from N(0, 0.02) as in the paper (sec. 4). Spectral normalization (Miyato et al. 2018)
 and layer norm are options of the discriminator; WGAN-GP needs a discriminator without
-BatchNorm, since its gradient penalty is per example.
+BatchNorm, since its gradient penalty is per example. `minibatch_std: G` (0: off) appends,
+before the head, one feature map holding the average standard deviation of the features over groups of G
+examples (Karras et al. 2018, sec. 3): D sees how varied a batch is, so a generator that
+collapses onto a few modes is told apart from the data.
 
 Feature maps by image size, with width w:
   28: G 7x7x2w -> 14x14xw -> 28x28xC;       D 28 -> 14x14xw -> 7x7x2w
@@ -79,6 +82,30 @@ class DCGANGenerator(nn.Module):
         return self.net(h[:, :, None, None])  # (B, L + E) -> (B, L + E, 1, 1) -> (B, C, H, W)
 
 
+class MinibatchStd(nn.Module):
+    """`(B, C, H, W) -> (B, C + 1, H, W)`: appends the mean over (C, H, W) of the per-feature standard deviation
+    within groups of `group_size` examples (Karras et al. 2018, sec. 3), the same value for each group's members.
+    When B is not a multiple of the group size (an epoch's last batch), the groups shrink to the largest divisor of B
+    below it."""
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        if group_size < 2:
+            raise ConfigError(f"minibatch_std group_size must be >= 2 (a standard deviation needs two examples), got {group_size}")
+        self.group_size = group_size
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = h.shape
+        g = min(self.group_size, b)
+        while b % g:
+            g -= 1
+        groups = h.view(g, b // g, c, height, width)  # member i of group j is example i * (b // g) + j
+        std = (groups.var(dim=0, unbiased=False) + 1e-8).sqrt()  # a group of one gives 1e-4  # (B/g, C, H, W)
+        stat = std.mean(dim=(1, 2, 3))  # (B/g,)
+        stat = stat.repeat(g)[:, None, None, None].expand(b, 1, height, width)  # back to each member: (B, 1, H, W)
+        return torch.cat([h, stat], dim=1)
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
@@ -98,6 +125,7 @@ class DCGANDiscriminator(nn.Module):
         norm: Literal["batch", "layer", "none"] = "batch",
         spectral_norm: bool = False,
         num_classes: int | None = None,
+        minibatch_std: int = 0,
     ):
         super().__init__()
         _check(image_size, channels, width)
@@ -114,8 +142,13 @@ class DCGANDiscriminator(nn.Module):
         layers = [conv(channels, widths[0]), nn.LeakyReLU(0.2)]  # no norm on the first layer (Radford et al. 2016)
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [conv(w_in, w_out), _dcgan_init(_norm(norm, w_out)), nn.LeakyReLU(0.2)]
+        if minibatch_std < 0:
+            raise ConfigError(f"DCGAN discriminator minibatch_std is a group size (0: off), got {minibatch_std}")
+        if minibatch_std:
+            layers.append(MinibatchStd(minibatch_std))
         self.features = nn.Sequential(*layers)
-        self.head = ProjectionHead(widths[-1] * START_SIZE[image_size] ** 2, num_classes, spectral_norm)
+        out_channels = widths[-1] + (1 if minibatch_std else 0)
+        self.head = ProjectionHead(out_channels * START_SIZE[image_size] ** 2, num_classes, spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         phi = self.features(x).flatten(1)  # (B, C, H, W) -> (B, C', s, s) -> (B, C'*s*s)

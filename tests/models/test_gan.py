@@ -13,7 +13,7 @@ from gen_lightning.callbacks import SampleGrid
 from gen_lightning.data import GMMDataModule
 from gen_lightning.errors import ConfigError, TrainingDivergedError
 from gen_lightning.models.gan import GAN, ConditionalGAN
-from gen_lightning.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from gen_lightning.nets.dcgan import DCGANDiscriminator, DCGANGenerator, MinibatchStd
 from gen_lightning.nets.gan_mlp import MLPDiscriminator, MLPGenerator
 
 IMAGE_SHAPES = [(1, 28), (3, 32), (3, 64)]
@@ -40,6 +40,27 @@ def test_dcgan_discriminator_options(norm, spectral_norm):
     first = d.features[0]
     assert hasattr(first, "parametrizations") == spectral_norm
     assert not isinstance(d.features[1], nn.BatchNorm2d)  # no norm after the first conv (Radford et al. 2016)
+
+
+def test_minibatch_std_is_the_groups_average_feature_spread():
+    # groups of 2 take examples (0, 2) and (1, 3): per feature the population std of two values a, b is |a - b| / 2
+    h = torch.tensor([[1.0, 5.0], [0.0, 0.0], [3.0, 1.0], [0.0, 4.0]]).view(4, 2, 1, 1)
+    out = MinibatchStd(group_size=2)(h)
+    assert out.shape == (4, 3, 1, 1)
+    torch.testing.assert_close(out[:, :2], h)  # the features pass through
+    group_a, group_b = (1.0 + 2.0) / 2, (0.0 + 2.0) / 2  # mean over features of |a - b| / 2
+    torch.testing.assert_close(out[:, 2].flatten(), torch.tensor([group_a, group_b, group_a, group_b]), atol=1e-4, rtol=0)
+    # a collapsed batch (every example the same) scores ~0 whatever the features
+    same = torch.randn(1, 2, 3, 3).expand(8, -1, -1, -1)
+    assert MinibatchStd(4)(same)[:, 2].abs().max() < 1e-3
+    # a batch that is not a multiple of the group (an epoch's last batch) uses smaller groups: 6 = 3 groups of 2
+    assert MinibatchStd(4)(torch.randn(6, 2, 3, 3)).shape == (6, 3, 3, 3)
+    d = DCGANDiscriminator(width=4, minibatch_std=4)
+    assert d(torch.randn(6, 1, 28, 28)).shape == (6,)
+    with pytest.raises(ConfigError, match="group size"):
+        DCGANDiscriminator(minibatch_std=-1)
+    with pytest.raises(ConfigError, match=">= 2"):
+        MinibatchStd(1)
 
 
 @pytest.mark.parametrize("num_classes", [None, 25])
