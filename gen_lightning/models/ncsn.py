@@ -4,7 +4,9 @@ A network learns the score of the data blurred by Gaussian noise of every level 
 geometric sequence (`GeometricSigmas`), by denoising score matching with lambda(sigma) = sigma^2
 (Song & Ermon 2019, eq. 5-6; `losses.dsm_loss`). Samples come from annealed Langevin dynamics
 from sigma_1 down to sigma_L (`AnnealedLangevin`, NCSN alg. 1 with NCSNv2's step sizes and a final
-denoising step), or, with an ODE sampler (samplers/ode.py HeunSampler, EulerSampler), from the
+denoising step), by ancestral sampling of the variance-exploding chain (samplers/ve_ancestral.py,
+`VEAncestralSampler`, Song et al. 2021 appendix F: DDPM's ancestral sampler for SMLD, a few dozen
+evaluations), or, with an ODE sampler (samplers/ode.py HeunSampler, EulerSampler), from the
 probability-flow ODE in a few dozen evaluations (`ode_sample`, then the same denoising step).
 
 The score network. The injected `net` is a plain `forward(x, t, labels=None)` (nets/unet.py UNet
@@ -54,6 +56,7 @@ from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
 from gen_lightning.samplers.langevin import AnnealedLangevin, NoiseConditionalScore
 from gen_lightning.samplers.ode import ODESampler, ode_log_prob, standard_normal_log_prob
 from gen_lightning.samplers.sigmas import GeometricSigmas
+from gen_lightning.samplers.ve_ancestral import VEAncestralSampler
 
 NO_LIKELIHOOD = "NCSN's density is that of its probability-flow ODE, which needs the ODELikelihood callback"
 
@@ -70,7 +73,7 @@ class NCSN(GenerativeModel):
         self,
         net: nn.Module,
         sigmas: GeometricSigmas,
-        sampler: AnnealedLangevin | ODESampler,
+        sampler: AnnealedLangevin | VEAncestralSampler | ODESampler,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         dequantize: bool = False,
@@ -112,7 +115,7 @@ class NCSN(GenerativeModel):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, _ = batch
         loss = self.dsm(x0)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_step({"train/loss": loss})
         return loss
 
     def configure_optimizers(self):

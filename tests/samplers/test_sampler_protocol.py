@@ -11,6 +11,7 @@ from gen_lightning.samplers import DDIMSampler, DDPMSampler, Denoiser, LinearSch
 from gen_lightning.samplers.base import Sampler
 from gen_lightning.samplers.dpm_solver import DPMSolverPP2MSampler
 from gen_lightning.samplers.langevin import AnnealedLangevin, NoiseConditionalScore
+from gen_lightning.samplers.ve_ancestral import VEAncestralSampler
 from gen_lightning.samplers.ode import EulerSampler, HeunSampler
 from gen_lightning.samplers.sgld import SGLD, langevin_noise_std
 from gen_lightning.samplers.sigmas import GeometricSigmas
@@ -53,6 +54,8 @@ CASES = {  # name: (sampler, the fn it follows)
     "Euler-200": (EulerSampler(200), velocity),
     "Heun-50": (HeunSampler(50), velocity),
     "annealed Langevin": (AnnealedLangevin(n_steps_each=100, step_lr=0.01), NoiseConditionalScore(noised_score, SIGMAS)),
+    # the VE prior N(0, sigma_1^2) needs sigma_1 well above the data's scale (sigma_1 = 3 would leave M off by 0.04)
+    "VE ancestral-200": (VEAncestralSampler(200), NoiseConditionalScore(noised_score, GeometricSigmas(30.0, 0.1, 10))),
     "SGLD": (SGLD(400, 0.01, langevin_noise_std(0.01), clamp=(-10.0, 10.0)), Energy()),
 }
 
