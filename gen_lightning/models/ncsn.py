@@ -19,6 +19,10 @@ for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data) and
   loss becomes 1/2 ||net(x + sigma z, t) + z||^2, an epsilon-prediction like DDPM's. NCSNv2 drops the
   noise conditioning altogether; we keep it, as NCSN++ does (Song et al. 2021, `scale_by_sigma` with a
   noise embedding), which costs nothing and helps at the small levels.
+- `scale_input: true` feeds the net x / sqrt(1 + sigma^2) instead of x (EDM's c_in with sigma_data = 1, Karras et al.
+  2022, table 1). The VE input x0 + sigma z grows to ~sigma_1 = 40; scaled, it is exactly DDPM's sqrt(alpha_bar) x0 +
+  sqrt(1 - alpha_bar) z at alpha_bar = 1 / (1 + sigma^2), so the net always sees inputs of unit scale and its target
+  (-z) is DDPM's eps. Off by default (NCSN and NCSNv2 feed x as it is, and older checkpoints mean that).
 - t(sigma) maps log sigma (evenly spaced for a geometric sequence) onto [0, 1], the nets' continuous
   time (nets/unet.timestep_embedding): sigma_L -> 0 (least noise, like DDPM's t = 0), sigma_1 -> 1.
   For geometric sigmas this is the noise-level index scaled to [0, 1].
@@ -77,6 +81,7 @@ class NCSN(GenerativeModel):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         dequantize: bool = False,
+        scale_input: bool = False,
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -85,6 +90,7 @@ class NCSN(GenerativeModel):
         self.save_hyperparameters()
         self.net, self.sigmas, self.sampler = net, sigmas, sampler
         self.optimizer_callable, self.scheduler_callable, self.dequantize = optimizer, scheduler, dequantize
+        self.scale_input = scale_input
 
     @property
     def network_evaluations_per_sample(self) -> int:
@@ -98,9 +104,11 @@ class NCSN(GenerativeModel):
         return torch.log(sigma / self.sigmas.sigma_min) / math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """s_theta(x, sigma) = net(x, t(sigma)) / sigma (NCSNv2 Technique 3): `(B, *shape)`, sigma `(B,)`."""
+        """s_theta(x, sigma) = net(c x, t(sigma)) / sigma (NCSNv2 Technique 3), c = 1 / sqrt(1 + sigma^2) with
+        `scale_input`, else 1: `(B, *shape)`, sigma `(B,)`."""
         sigma_b = sigma.view(-1, *([1] * (x.ndim - 1)))  # (B,) -> (B, 1, ...)
-        return self.net(x, self.noise_t(sigma)) / sigma_b
+        net_in = x * torch.rsqrt(1 + sigma_b**2) if self.scale_input else x
+        return self.net(net_in, self.noise_t(sigma)) / sigma_b
 
     def dsm(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The DSM loss of a batch, one noise level sigma ~ U{sigma_1..sigma_L} and one z ~ N(0, I) per example."""

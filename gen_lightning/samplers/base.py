@@ -1,12 +1,12 @@
-"""The one sampler protocol: DDPM, DDIM, DPM-Solver++, Euler/Heun ODE, annealed Langevin and SGLD alike.
+"""The one sampler protocol: DDPM, DDIM, DPM-Solver++, Euler/Heun ODE, annealed Langevin, VE ancestral and SGLD alike.
 
     x = sampler.sample(fn, shape, generator=None, return_trajectory=False, x_init=None, device=None)
     x, path = sampler.sample(fn, shape, ..., return_trajectory=True)   # path: (S + 1, *shape) on the CPU
 
 - `fn` is what the sampler follows, built by the model around its network (a sampler never owns a network):
   a `Denoiser` (diffusion samplers: the net with its noise schedule, guidance and labels), a velocity field
-  `field(x, t)` (ODE samplers), a `NoiseConditionalScore` (annealed Langevin: `score(x, sigma)` with its
-  noise levels), or an energy network `E(x) -> (B,)` (SGLD).
+  `field(x, t)` (ODE samplers), a `NoiseConditionalScore` (annealed Langevin and VE ancestral: `score(x, sigma)`
+  with its noise levels), or an energy network `E(x) -> (B,)` (SGLD).
 - The chains start from `x_init` `(B, ...)` when given (reflow pairs, a replay buffer, a test's fixed start),
   else from the sampler's prior drawn with `generator` on `device` (N(0, I); N(0, sigma_1^2 I) or uniform for
   annealed Langevin; uniform in the clamp box for SGLD).

@@ -72,6 +72,23 @@ def test_noise_conditioning_spans_0_to_1_and_the_score_is_net_over_sigma():
     torch.testing.assert_close(model.score(x, s), net_out / s[:, None])
 
 
+def test_scaled_input_is_ddpms_input_and_the_score_keeps_its_form():
+    sigmas = GeometricSigmas(sigma_max=6.0, sigma_min=0.02, num_levels=5)
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x, t, labels=None):
+            seen.append(x)
+            return -x  # any net: the score is its output over sigma
+    model = NCSN(Recorder(), sigmas, AnnealedLangevin(), scale_input=True)
+    x0, z, sigma = torch.randn(3, 2), torch.randn(3, 2), torch.tensor([0.02, 1.0, 6.0])
+    alpha_bar = 1 / (1 + sigma**2)
+    score = model.score(x0 + sigma[:, None] * z, sigma)
+    # the net sees DDPM's x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) z at alpha_bar = 1 / (1 + sigma^2)
+    torch.testing.assert_close(seen[0], alpha_bar.sqrt()[:, None] * x0 + (1 - alpha_bar).sqrt()[:, None] * z)
+    torch.testing.assert_close(score, -seen[0] / sigma[:, None])
+
+
 def test_dsm_loss_of_the_oracle_net_is_zero_on_point_mass_data():
     sigmas = GeometricSigmas(sigma_max=6.0, sigma_min=0.02, num_levels=5)
     model = NCSN(OracleForPointMass(sigmas), sigmas, AnnealedLangevin())
