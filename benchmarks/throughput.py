@@ -25,6 +25,7 @@ figures to read.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -121,7 +122,14 @@ def plain_steps(model, dm, steps: int, bf16: bool) -> list[float]:
     return [b - a for a, b in zip(times, times[1:])]
 
 
-def family_rows(families, warmup: int, steps: int, repeats: int, bf16: bool) -> list[dict]:
+def steps_for(model, dm, warmup: int, steps: int, min_seconds: float) -> int:
+    """At least `steps`, and enough that each timed stretch lasts `min_seconds` (a plain-loop step timed first): a
+    fast step (the VAE's ~30 ms) timed over 6 steps measures the Trainer's first iterations and the machine's noise."""
+    step = statistics.median(plain_steps(model, dm, warmup + 3, False)[warmup:])
+    return max(steps, math.ceil(min_seconds / step))
+
+
+def family_rows(families, warmup: int, steps: int, repeats: int, bf16: bool, min_seconds: float = 0.0) -> list[dict]:
     rows = []
     precisions = ["32-true"] + (["bf16-mixed"] if bf16 else [])
     with tempfile.TemporaryDirectory() as logdir:
@@ -131,11 +139,12 @@ def family_rows(families, warmup: int, steps: int, repeats: int, bf16: bool) -> 
             dm.setup("fit")
             model.bind_data(dm)
             batch = dm.train_dataloader().batch_size
+            n = steps_for(model, dm, warmup, steps, min_seconds)
             for precision in precisions:
                 light, plain = [], []
                 for _ in range(repeats):  # A/B/A/B
-                    light += lightning_steps(model, dm, warmup + steps + 1, precision, log_every, logdir)[warmup:]
-                    plain += plain_steps(model, dm, warmup + steps + 1, precision == "bf16-mixed")[warmup:]
+                    light += lightning_steps(model, dm, warmup + n + 1, precision, log_every, logdir)[warmup:]
+                    plain += plain_steps(model, dm, warmup + n + 1, precision == "bf16-mixed")[warmup:]
                 lt, pt = statistics.median(light), statistics.median(plain)
                 row = {"recipe": name, "precision": precision, "batch": batch, "lightning_img_s": batch / lt,
                        "plain_img_s": batch / pt, "ratio": pt / lt, "steps": len(light)}
@@ -343,6 +352,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--min_seconds", type=float, default=2.0, help="time each family's step over at least this long per repeat")
     p.add_argument("--unet_batch", type=int, default=64)
     p.add_argument("--sample_batch", type=int, default=100)
     p.add_argument("--threads", action="store_true", help="also time the U-Net and VAE steps at 1 thread and at every core")
@@ -357,7 +367,7 @@ def main(argv=None) -> None:
               f"load average at the start {os.getloadavg()[0]:.1f}. Medians after {args.warmup} warm-up steps; "
               + ("bf16 autocast timed." if bf16 else "bf16 not timed: this CPU has no native bf16 (it is emulated, 10-20x slower)."))
     print(header, flush=True)
-    fam = [] if args.skip_families else family_rows(args.families, args.warmup, args.steps, args.repeats, bf16)
+    fam = [] if args.skip_families else family_rows(args.families, args.warmup, args.steps, args.repeats, bf16, args.min_seconds)
     unets, ddim, gap = [], [], float("nan")
     if not args.skip_peers:
         unets = unet_rows(args.unet_batch, args.warmup, args.steps, args.repeats)
