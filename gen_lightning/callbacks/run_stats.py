@@ -6,7 +6,8 @@ models/divergence.py `log_step`), the number of non-finite losses among them, th
 the training throughput. It never synchronises the device per step: a `float()` of a GPU scalar or
 a `torch.cuda.synchronize` each step would serialise the pipeline, so the scalars are copied off
 the device only on those logging steps, and the clock is synchronised only where training pauses
-(epoch ends and validation), which keeps data loading inside the measured training time. Its summary travels in every checkpoint, so `gen test --ckpt_path` reads it back and
+(epoch ends and validation), which keeps data loading inside the measured training time. Its
+summary travels in every checkpoint, so `gen test --ckpt_path` reads it back and
 puts it in metrics.json. `SamplingSpeed` (during `gen test`) times `sample()` at a fixed batch size.
 Every figure carries the device, dtype and batch size it was measured with.
 """

@@ -100,7 +100,7 @@ class MinibatchStd(nn.Module):
         while b % g:
             g -= 1
         groups = h.view(g, b // g, c, height, width)  # member i of group j is example i * (b // g) + j
-        std = (groups.var(dim=0, unbiased=False) + 1e-8).sqrt()  # a group of one gives 1e-4  # (B/g, C, H, W)
+        std = (groups.var(dim=0, unbiased=False) + 1e-8).sqrt()  # (B/g, C, H, W); a group of one gives 1e-4
         stat = std.mean(dim=(1, 2, 3))  # (B/g,)
         stat = stat.repeat(g)[:, None, None, None].expand(b, 1, height, width)  # back to each member: (B, 1, H, W)
         return torch.cat([h, stat], dim=1)
