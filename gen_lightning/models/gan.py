@@ -50,6 +50,7 @@ OMITTED_METRICS = dict.fromkeys(("test/nll_nats", "test/bpd"), NO_LIKELIHOOD) | 
 def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, r1_gamma: float, real_label: float,
                    discriminator: nn.Module) -> None:
     batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+    pack = getattr(discriminator, "pack", 1)
     check_rules([
         (latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}"),
         (loss in ("bce", "hinge", "wgan-gp"), f"loss must be 'bce', 'hinge' or 'wgan-gp', got {loss!r}"),
@@ -62,6 +63,8 @@ def _check_hparams(latent_dim: int, loss: str, n_critic: int, gp_weight: float, 
         # the gradient penalty is per example; BatchNorm mixes the examples of a batch (Gulrajani et al. 2017, sec. 4)
         (loss != "wgan-gp" or not batchnorm, "loss 'wgan-gp' needs a discriminator without BatchNorm (the gradient "
                                               "penalty is per example); set the discriminator's norm: layer (or none)"),
+        (loss != "wgan-gp" or pack == 1, f"loss 'wgan-gp' needs a discriminator without packs (pack: {pack}): its gradient "
+                                         "penalty interpolates and normalizes per example; set pack: 1"),
     ])
 
 

@@ -9,7 +9,10 @@ and layer norm are options of the discriminator; WGAN-GP needs a discriminator w
 BatchNorm, since its gradient penalty is per example. `minibatch_std: G` (0: off) appends,
 before the head, one feature map holding the average standard deviation of the features over groups of G
 examples (Karras et al. 2018, sec. 3): D sees how varied a batch is, so a generator that
-collapses onto a few modes is told apart from the data.
+collapses onto a few modes is told apart from the data. `pack: m` (1: off) is PacGAN (Lin et al. 2018): D
+scores packs of m examples stacked along the channels (consecutive examples of the batch form a pack, a
+remainder of fewer than m is dropped), so it judges m samples jointly and a generator that over-produces some
+modes is told apart from the data by the packs' make-up; unconditional discriminators only.
 
 Feature maps by image size, with width w:
   28: G 7x7x2w -> 14x14xw -> 28x28xC;       D 28 -> 14x14xw -> 7x7x2w
@@ -115,7 +118,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class DCGANDiscriminator(nn.Module):
-    """`x (B, channels, image_size, image_size), labels (B,) or None -> logit (B,)`."""
+    """`x (B, channels, image_size, image_size), labels (B,) or None -> logit (B,)`; `(B // pack,)` with packs."""
 
     def __init__(
         self,
@@ -126,9 +129,16 @@ class DCGANDiscriminator(nn.Module):
         spectral_norm: bool = False,
         num_classes: int | None = None,
         minibatch_std: int = 0,
+        pack: int = 1,
     ):
         super().__init__()
         _check(image_size, channels, width)
+        if pack < 1:
+            raise ConfigError(f"DCGAN discriminator pack is the number of examples D scores jointly (1: off), got {pack}")
+        if pack > 1 and num_classes is not None:
+            raise ConfigError("DCGAN discriminator pack (PacGAN) applies to unconditional discriminators; set pack: 1 "
+                              "or num_classes: null")
+        self.pack = pack
         if norm not in ("batch", "layer", "none"):
             raise ConfigError(f"DCGAN discriminator norm must be 'batch', 'layer' or 'none', got {norm!r}")
         self.num_classes = num_classes
@@ -139,7 +149,7 @@ class DCGANDiscriminator(nn.Module):
 
         k = UPSAMPLINGS[image_size]
         widths = [width * 2**i for i in range(k)]  # e.g. [w, 2w, 4w] for 32x32
-        layers = [conv(channels, widths[0]), nn.LeakyReLU(0.2)]  # no norm on the first layer (Radford et al. 2016)
+        layers = [conv(channels * pack, widths[0]), nn.LeakyReLU(0.2)]  # no norm on the first layer (Radford et al. 2016)
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [conv(w_in, w_out), _dcgan_init(_norm(norm, w_out)), nn.LeakyReLU(0.2)]
         if minibatch_std < 0:
@@ -151,5 +161,8 @@ class DCGANDiscriminator(nn.Module):
         self.head = ProjectionHead(out_channels * START_SIZE[image_size] ** 2, num_classes, spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pack > 1:  # (B, C, H, W) -> (B // m, m C, H, W): examples m k .. m k + m - 1 form pack k
+            b, c, h, w = x.shape
+            x = x[: b - b % self.pack].reshape(b // self.pack, self.pack * c, h, w)
         phi = self.features(x).flatten(1)  # (B, C, H, W) -> (B, C', s, s) -> (B, C'*s*s)
         return self.head(phi, labels)

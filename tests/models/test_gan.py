@@ -63,6 +63,31 @@ def test_minibatch_std_is_the_groups_average_feature_spread():
         MinibatchStd(1)
 
 
+def test_pacgan_discriminator_scores_consecutive_examples_jointly():
+    torch.manual_seed(0)
+    d = DCGANDiscriminator(width=4, norm="none", pack=2)  # no norm: each pack's score depends on that pack alone
+    assert d.features[0].in_channels == 2  # the pack's two images stacked along the channels
+    x = torch.randn(7, 1, 28, 28)
+    scores = d(x)
+    assert scores.shape == (3,)  # 7 examples: packs (0, 1), (2, 3), (4, 5); example 6 is dropped
+    torch.testing.assert_close(d(x[:6]), scores)
+    torch.testing.assert_close(d(x[2:4]), scores[1:2])
+    torch.testing.assert_close(d(x[[4, 5, 0, 1]]), scores[[2, 0]])  # reordering packs reorders their scores
+    assert not torch.allclose(d(x[[1, 0]]), scores[:1])  # within a pack the order matters: channel 0 is the first
+    with torch.no_grad():  # with the second channel's weights zero, only each pack's first member counts
+        d.features[0].weight[:, 1].zero_()
+    y = x.clone()
+    y[1::2] = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(d(y[:6]), d(x[:6]))
+    with pytest.raises(ConfigError, match="pack"):
+        DCGANDiscriminator(pack=0)
+    with pytest.raises(ConfigError, match="unconditional"):
+        DCGANDiscriminator(pack=2, num_classes=10)
+    with pytest.raises(ConfigError, match="pack: 1"):
+        GAN(DCGANGenerator(latent_dim=4, width=4), DCGANDiscriminator(width=4, norm="layer", pack=2), latent_dim=4,
+            loss="wgan-gp")
+
+
 @pytest.mark.parametrize("num_classes", [None, 25])
 def test_mlp_shapes(num_classes):
     g = MLPGenerator(latent_dim=4, hidden=[32, 32], num_classes=num_classes, batch_norm=True)
