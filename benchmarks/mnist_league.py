@@ -7,7 +7,8 @@
 
 For each recipe: `gen fit`, `gen test` and `gen predict` (one row of samples for the mosaic), run
 from `--workdir` (checkpoints/cpu/<name>, lightning_logs/cpu/<name>). Then `gen compare` of the
-test runs, the real-data floor of the classifier FID at the same sample count, a mosaic with one
+test runs, the real-data floor of the classifier FID at the same sample count (and the floor of each
+recipe's class mix: real digits in the proportions of its samples' classes), a mosaic with one
 row of samples per family, one row per digit for the conditional models, and a table, all in
 `--output` (docs/results/mnist_league/). The timing of every step is the wall clock of its command,
 with the machine's load beside it.
@@ -82,19 +83,44 @@ def run_recipe(config: Path, workdir: Path, data_root: Path, threads: int | None
     return row
 
 
-def real_data_floor(num_samples: int, data_root: Path) -> float:
-    """Classifier FID of `num_samples` real training digits against the test split: what a perfect model scores."""
-    from gen_lightning.data.mnist import MNISTDataModule
-    from gen_lightning.metrics import classifier as clf_metrics
+class RealDigits:
+    """Real MNIST digits scored with the classifier shipped in gen_lightning: the floors of the league's classifier FID.
 
-    dm = MNISTDataModule(root=str(data_root), value_range="0,1")
-    dm.setup("fit")
-    dm.setup("test")
-    g = torch.Generator().manual_seed(0)
-    train = dm.split("train").x
-    real = train[torch.randperm(len(train), generator=g)[:num_samples]]
-    clf = clf_metrics.load_classifier()
-    return clf_metrics.classifier_fid(clf, real, dm.split("test").x)
+    `floor(n)`: `n` training digits drawn uniformly against the test split, what a perfect model scores.
+    `class_mix_floor(histogram)`: training digits drawn in a model's class proportions (`histogram`: the classifier's
+    count of its samples per class), the mean of `draws` draws: what the class make-up of the samples alone costs a
+    model whose every digit were real.
+    """
+
+    def __init__(self, data_root: Path):
+        from gen_lightning.data.mnist import MNISTDataModule
+        from gen_lightning.metrics import classifier as clf_metrics
+
+        self.metrics = clf_metrics
+        dm = MNISTDataModule(root=str(data_root), value_range="0,1")
+        dm.setup("fit")
+        dm.setup("test")
+        train = dm.split("train")
+        self.train_x, self.train_y = train.x, train.y
+        self.clf = clf_metrics.load_classifier()
+        self.test_moments = clf_metrics.feature_moments(clf_metrics.classifier_features(self.clf, dm.split("test").x))
+
+    def fid(self, index: torch.Tensor) -> float:
+        moments = self.metrics.feature_moments(self.metrics.classifier_features(self.clf, self.train_x[index]))
+        return self.metrics.frechet_distance(*moments, *self.test_moments)
+
+    def floor(self, num_samples: int, seed: int = 0) -> float:
+        g = torch.Generator().manual_seed(seed)
+        return self.fid(torch.randperm(len(self.train_x), generator=g)[:num_samples])
+
+    def class_mix_floor(self, histogram: list[int], draws: int = 3) -> float:
+        fids = []
+        for seed in range(draws):
+            g = torch.Generator().manual_seed(seed)
+            index = [torch.nonzero(self.train_y == k).flatten() for k in range(len(histogram))]
+            index = [i[torch.randperm(len(i), generator=g)[:n]] for i, n in zip(index, histogram)]
+            fids.append(self.fid(torch.cat(index)))
+        return sum(fids) / len(fids)
 
 
 def mosaic(rows: list[dict], path: Path) -> None:
@@ -139,10 +165,11 @@ def digit_grids(rows: list[dict], output: Path) -> list[Path]:
     return written
 
 
-def league_table(rows: list[dict], floor: float, num_samples: int) -> list[str]:
-    header = ("| recipe | classifier FID (1,000 samples; floor {:.2f}) | classes covered | label accuracy | "
-              "within-class diversity (min / mean) | NLL | fit minutes | gen test seconds | sampling ms/img |").format(floor)
-    lines = [header, "|" + "---|" * 9]
+def league_table(rows: list[dict], real: RealDigits, num_samples: int) -> list[str]:
+    header = ("| recipe | classifier FID (1,000 samples; floor {:.2f}) | real digits in the samples' class mix | "
+              "classes covered | label accuracy | within-class diversity (min / mean) | NLL | fit minutes | "
+              "gen test seconds | sampling ms/img |").format(real.floor(num_samples))
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
         found = r.get("metrics_json") and Path(r["metrics_json"]).is_file()  # an earlier run's folder may be gone
         m = json.loads(Path(r["metrics_json"]).read_text()) if found else {"metrics": {}}
@@ -161,11 +188,15 @@ def league_table(rows: list[dict], floor: float, num_samples: int) -> list[str]:
                if "test/within_class_diversity_min" in mm else "n/a")
         fit_seconds = m.get("training", {}).get("speed", {}).get("fit_wall_seconds")  # FitStats, from the checkpoint
         fit_min = f"{fit_seconds / 60:.1f}" if isinstance(fit_seconds, (int, float)) else "n/a"
-        lines.append(f"| {r['name']} | {get('test/classifier_fid')} | {get('test/classes_covered', '{:.0f}')} | {acc} | {div} | "
+        histogram = m.get("extra", {}).get("class_histogram")  # ClassifierMetrics: the samples' predicted classes
+        mix = f"{real.class_mix_floor(histogram):.2f}" if histogram else "n/a"
+        lines.append(f"| {r['name']} | {get('test/classifier_fid')} | {mix} | {get('test/classes_covered', '{:.0f}')} | {acc} | {div} | "
                      f"{nll} | {fit_min} | {r.get('test_seconds', float('nan')):.0f} | {get('test/sample_ms_per_img', '{:.3g}')} |")
     lines.append("")
     lines.append(f"FID with the classifier shipped in gen_lightning/assets, {num_samples} samples against the 10,000 test "
-                 f"digits; the floor is {num_samples} real training digits scored the same way.")
+                 f"digits; the floor is {num_samples} real training digits scored the same way. The class-mix column "
+                 f"draws real training digits in the proportions of the classes the classifier sees in the samples "
+                 f"(mean of 3 draws): the part of the FID that the samples' class make-up alone explains.")
     return lines
 
 
@@ -197,7 +228,7 @@ def main() -> None:
     tested = [str(Path(r["metrics_json"]).parent) for r in rows if r.get("metrics_json")]
     if tested:
         subprocess.call([sys.executable, "-m", "gen_lightning.cli", "compare", *tested, "--output", str(output)])
-    floor = real_data_floor(1000, Path(args.data_root))
+    real = RealDigits(Path(args.data_root))
     mosaic(rows, output / "mosaic.png")
     digit_grids(rows, output)
     lines = [
@@ -206,7 +237,7 @@ def main() -> None:
         f"`python benchmarks/mnist_league.py --jobs {args.jobs}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
         f"load average {load:.1f} at the start; {(time.perf_counter() - started) / 60:.0f} minutes in all.",
         "",
-        *league_table(rows, floor, 1000),
+        *league_table(rows, real, 1000),
         "",
         "![one row of samples per recipe](mosaic.png)",
         "",
