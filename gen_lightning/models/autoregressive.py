@@ -24,6 +24,8 @@ density (GMM) `test/kl_data_model` = E_data[log p_data(x) - log p_model(x)].
 
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import torch
@@ -42,7 +44,7 @@ __all__ = ["AutoregressiveModel", "Categorical256", "MixtureOfGaussians"]
 class AutoregressiveModel(GenerativeModel):
     """Exact-likelihood training of an injected autoregressive `net` with conditionals `likelihood`.
 
-    `scheduler`: an optional learning-rate schedule, stepped once per epoch.
+    `scheduler`: an optional learning-rate schedule, stepped once per epoch (`scheduler_interval: step`: every step).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class AutoregressiveModel(GenerativeModel):
         likelihood: Likelihood,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -58,6 +61,7 @@ class AutoregressiveModel(GenerativeModel):
         self.net, self.likelihood = net, likelihood
         self.num_masks = int(getattr(net, "num_masks", 1))
         self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
         self.param_shape: tuple[int, ...] | None = None
 
     # ---- the model --------------------------------------------------------------------
@@ -93,7 +97,8 @@ class AutoregressiveModel(GenerativeModel):
         self.log("val/loss", nll.mean(), prog_bar=True, batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable,
+                                              self.scheduler_interval)
 
     # ---- sampling -----------------------------------------------------------------------
     @torch.no_grad()

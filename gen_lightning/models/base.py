@@ -236,7 +236,10 @@ class GenerativeModel(DivergenceGuard):
             raise ConfigError(f"model.{name} rejected its arguments ({e}); fix model.{name}.init_args in the config") from None
 
     def optimizers_with_scheduler(self, optimizer_callable, params, scheduler_callable=None, interval: str = "epoch"):
-        """configure_optimizers' return: the optimizer, and the injected LRSchedulerCallable when one is set."""
+        """configure_optimizers' return: the optimizer, and the injected LRSchedulerCallable when one is set, stepped
+        every `interval` ("epoch", or "step": every optimizer step, for a fit of a fraction of an epoch)."""
+        if interval not in ("epoch", "step"):
+            raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
         optimizer = self.build_optimizer(optimizer_callable, params)
         if scheduler_callable is None:
             return optimizer

@@ -63,7 +63,8 @@ def _check_hparams(**h) -> None:
 
 
 class EBM(GenerativeModel):
-    """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`; `scheduler` (optional) steps once per epoch."""
+    """An unconditional EBM; `energy`: `(B, *data_shape) -> (B,)`; `scheduler` (optional) steps once per epoch
+    (`scheduler_interval: step`: every step)."""
 
     log_grad_norm = True  # train/grad_norm, from the divergence guard (models/divergence.py)
     divergence_advice = "Lower the learning rate or step_size, raise alpha (the energy L2 weight), or turn on the energy network's spectral_norm"
@@ -76,6 +77,7 @@ class EBM(GenerativeModel):
         energy: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         sgld_steps: int = 20,
         sample_steps: int = 100,
         sample_init: Literal["noise", "buffer"] = "noise",
@@ -96,6 +98,7 @@ class EBM(GenerativeModel):
                        max_energy=max_energy, init_range=init_range)  # fmt: skip
         self.save_hyperparameters()
         self.energy, self.optimizer_callable, self.scheduler_callable = energy, optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
         self.sgld_steps, self.sample_steps, self.sample_init = sgld_steps, sample_steps, sample_init
         self.step_size, self.noise_std = step_size, noise_std
         self.alpha, self.buffer_size, self.reinit_prob, self.data_noise = alpha, buffer_size, reinit_prob, data_noise
@@ -140,7 +143,8 @@ class EBM(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        return self.optimizers_with_scheduler(self.optimizer_callable, self.energy.parameters(), self.scheduler_callable)
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.energy.parameters(), self.scheduler_callable,
+                                              self.scheduler_interval)
 
     # ---- the chains' box and the saved buffer ------------------------------------------------
     @property

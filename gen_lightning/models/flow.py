@@ -22,6 +22,8 @@ returns inverse(z), mapped back to 8-bit values in [0, 1] for images.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import torch
@@ -49,7 +51,7 @@ class Flow(GenerativeModel):
     None is uniform dequantization.
     `logit_alpha`: the logit preprocessing of images (null turns it off); ignored for 2-D data.
     `sample_temperature`: the default T of `sample()`; Glow shows T = 0.7 for its figures.
-    `scheduler`: an optional learning-rate schedule, stepped once per epoch.
+    `scheduler`: an optional learning-rate schedule, stepped once per epoch (`scheduler_interval: step`: every step).
     """
 
     sampling_options = ("predict_seed", "sample_temperature")
@@ -67,6 +69,7 @@ class Flow(GenerativeModel):
         sample_temperature: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         predict_seed: int = 1234,
     ):
         super().__init__(predict_seed=predict_seed)
@@ -75,6 +78,7 @@ class Flow(GenerativeModel):
         self.net, self.dequantizer = net, dequantizer
         self.logit_alpha, self.sample_temperature = logit_alpha, sample_temperature
         self.optimizer_callable, self.scheduler_callable = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
 
     @property
     def is_image(self) -> bool:
@@ -144,7 +148,8 @@ class Flow(GenerativeModel):
             self.log("val/bpd", self.bits_per_dim(nll).mean(), batch_size=x.shape[0])
 
     def configure_optimizers(self):
-        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable,
+                                              self.scheduler_interval)
 
     # ---- sampling -----------------------------------------------------------------------
     @torch.no_grad()

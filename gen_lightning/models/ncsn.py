@@ -47,6 +47,8 @@ validation, the sample grid and checkpoints then use the averaged weights (NCSNv
 
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import torch
@@ -80,6 +82,7 @@ class NCSN(GenerativeModel):
         sampler: AnnealedLangevin | VEAncestralSampler | ODESampler,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         dequantize: bool = False,
         scale_input: bool = False,
         predict_seed: int = 1234,
@@ -90,6 +93,7 @@ class NCSN(GenerativeModel):
         self.save_hyperparameters()
         self.net, self.sigmas, self.sampler = net, sigmas, sampler
         self.optimizer_callable, self.scheduler_callable, self.dequantize = optimizer, scheduler, dequantize
+        self.scheduler_interval = scheduler_interval
         self.scale_input = scale_input
 
     @property
@@ -127,7 +131,8 @@ class NCSN(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable)
+        return self.optimizers_with_scheduler(self.optimizer_callable, self.parameters(), self.scheduler_callable,
+                                              self.scheduler_interval)
 
     # ---- validation and test: the DSM loss on held-out data, with seeded noise -----------------
     def held_out_loss(self, batch, batch_idx: int) -> torch.Tensor:

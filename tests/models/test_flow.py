@@ -1,7 +1,9 @@
 """Flow: densities in closed form, dequantization and bits/dim by hand, the data contract, sampling, a short GMM fit."""
 
 import math
+from functools import partial
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -230,3 +232,26 @@ def test_gmm_kl_goes_down_during_a_short_fit():
     # to the ring (mass spread along the circle: ~2.5 - its true width's entropy) and below.
     assert before > 2.0
     assert after < before - 1.0
+
+
+# ---- the learning-rate schedule's interval ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("interval, halvings", [("step", 3), ("epoch", 0)])
+def test_scheduler_interval_steps_the_schedule_every_step_or_every_epoch(interval, halvings):
+    """StepLR(step_size=1, gamma=0.5) over 3 steps of one epoch: lr / 8 when stepped every step, unchanged per epoch."""
+    dm = GMMDataModule(preset="ring8", n_train=512, n_val=8, n_test=8, batch_size=64)
+    model = Flow(VectorRealNVP(2, num_couplings=2, hidden=8), optimizer=partial(torch.optim.SGD, lr=0.1),
+                 scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5), scheduler_interval=interval)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", callbacks=[])
+    trainer.fit(model, datamodule=dm)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**halvings)
+
+
+def test_scheduler_interval_must_be_epoch_or_step():
+    model = Flow(VectorRealNVP(2, num_couplings=2, hidden=8), scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+                 scheduler_interval="batch")
+    with pytest.raises(ConfigError, match="scheduler_interval must be 'epoch' or 'step', got 'batch'"):
+        model.configure_optimizers()
+
