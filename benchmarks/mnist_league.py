@@ -89,7 +89,8 @@ class RealDigits:
     `floor(n)`: `n` training digits drawn uniformly against the test split, what a perfect model scores.
     `class_mix_floor(histogram)`: training digits drawn in a model's class proportions (`histogram`: the classifier's
     count of its samples per class), the mean of `draws` draws: what the class make-up of the samples alone costs a
-    model whose every digit were real.
+    model whose every sample were a real digit of its predicted class (a share of the FID only where the samples
+    are recognizable: the classifier piles unrecognizable ones into a few classes).
     """
 
     def __init__(self, data_root: Path):
@@ -196,7 +197,10 @@ def league_table(rows: list[dict], real: RealDigits, num_samples: int) -> list[s
     lines.append(f"FID with the classifier shipped in gen_lightning/assets, {num_samples} samples against the 10,000 test "
                  f"digits; the floor is {num_samples} real training digits scored the same way. The class-mix column "
                  f"draws real training digits in the proportions of the classes the classifier sees in the samples "
-                 f"(mean of 3 draws): the part of the FID that the samples' class make-up alone explains.")
+                 f"(mean of 3 draws): what the class proportions alone would cost if every sample were a real digit of its "
+                 f"predicted class. It reads as a share of the FID only where the samples are recognizable digits; where "
+                 f"they are not (NADE, MADE, the flows) the classifier piles them into a few classes and the column can "
+                 f"exceed the FID itself.")
     return lines
 
 
