@@ -36,6 +36,35 @@ def test_config_writes_last_checkpoint_every_epoch(config):
     checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
     assert any(c.get("filename") == "last" and c.get("monitor") is None for c in checkpoints), config.name
     assert all(c.get("dirpath") == f"checkpoints/{experiment(config)}" for c in checkpoints), config.name
+    # With validation inside the epoch, Lightning writes an unmonitored checkpoint only after validations unless
+    # it is told to save at the epoch's end, so the steps after the last validation would be lost (the test below).
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    if trainer.get("val_check_interval", 1.0) != 1.0:
+        last = next(c for c in checkpoints if c.get("filename") == "last")
+        assert last.get("save_on_train_epoch_end") is True, f"{config.name}: set save_on_train_epoch_end: true on `last`"
+
+
+@pytest.mark.parametrize("save_on_train_epoch_end, saved_step", [(None, 4), (True, 5)])
+def test_last_checkpoint_holds_the_final_step_with_validation_inside_the_epoch(tmp_path, save_on_train_epoch_end,
+                                                                               saved_step):
+    """max_steps 5 with validation every 2 batches: by default last.ckpt stops at step 4, the last validation's."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from gen_lightning.data import GMMDataModule
+    from gen_lightning.models.flow import Flow
+    from gen_lightning.nets.flows import VectorRealNVP
+
+    torch.manual_seed(0)
+    last = ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False,
+                           save_on_train_epoch_end=save_on_train_epoch_end)
+    trainer = L.Trainer(max_steps=5, val_check_interval=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", callbacks=[last])
+    trainer.fit(Flow(VectorRealNVP(2, num_couplings=2, hidden=8)),
+                datamodule=GMMDataModule(preset="ring8", n_train=640, n_val=64, n_test=8, batch_size=64))
+    assert trainer.global_step == 5
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == saved_step
 
 
 def test_stacked_configs_override_in_order(tmp_path, capsys, monkeypatch):
