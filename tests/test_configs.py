@@ -78,3 +78,18 @@ def test_stacked_configs_override_in_order(tmp_path, capsys, monkeypatch):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["max_epochs"] == 3 and printed["model"]["init_args"]["beta"] == 0.5
     assert printed["model"]["init_args"]["latent_dim"] == yaml.safe_load(base.read_text())["model"]["init_args"]["latent_dim"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=experiment)
+def test_a_per_step_cosine_decay_ends_at_the_last_step(config):
+    """A cosine schedule stepped every step must span the fit: past T_max the rate climbs back up."""
+    loaded = yaml.safe_load(config.read_text())
+    args = loaded["model"].get("init_args", {})
+    scheduler = args.get("scheduler") or {}
+    if args.get("scheduler_interval") != "step" or not scheduler.get("class_path", "").endswith("CosineAnnealingLR"):
+        return
+    trainer, data = loaded["trainer"], loaded["data"]["init_args"]
+    steps = trainer.get("max_steps", -1)
+    if steps == -1:  # epochs of MNIST's 55,000 training digits (5,000 held out for validation)
+        steps = trainer["max_epochs"] * -(-(60000 - data.get("val_size", 5000)) // data["batch_size"])
+    assert scheduler["init_args"]["T_max"] == steps, config.name
