@@ -102,7 +102,8 @@ class RealDigits:
         dm.setup("fit")
         dm.setup("test")
         train = dm.split("train")
-        self.train_x, self.train_y = train.x, train.y
+        self.train_x = train.x
+        self.by_class = [torch.nonzero(train.y == k).flatten() for k in range(10)]  # training indices of each digit
         self.clf = clf_metrics.load_classifier()
         self.test_moments = clf_metrics.feature_moments(clf_metrics.classifier_features(self.clf, dm.split("test").x))
 
@@ -118,8 +119,7 @@ class RealDigits:
         fids = []
         for seed in range(draws):
             g = torch.Generator().manual_seed(seed)
-            index = [torch.nonzero(self.train_y == k).flatten() for k in range(len(histogram))]
-            index = [i[torch.randperm(len(i), generator=g)[:n]] for i, n in zip(index, histogram)]
+            index = [i[torch.randperm(len(i), generator=g)[:n]] for i, n in zip(self.by_class, histogram)]
             fids.append(self.fid(torch.cat(index)))
         return sum(fids) / len(fids)
 

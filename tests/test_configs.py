@@ -91,5 +91,6 @@ def test_a_per_step_cosine_decay_ends_at_the_last_step(config):
     trainer, data = loaded["trainer"], loaded["data"]["init_args"]
     steps = trainer.get("max_steps", -1)
     if steps == -1:  # epochs of MNIST's 55,000 training digits (5,000 held out for validation)
+        assert loaded["data"]["class_path"].endswith("MNISTDataModule"), f"{config.name}: count its epoch's steps here"
         steps = trainer["max_epochs"] * -(-(60000 - data.get("val_size", 5000)) // data["batch_size"])
     assert scheduler["init_args"]["T_max"] == steps, config.name

@@ -24,9 +24,8 @@ density (GMM) `test/kl_data_model` = E_data[log p_data(x) - log p_model(x)].
 
 from __future__ import annotations
 
-from typing import Literal
-
 import math
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable

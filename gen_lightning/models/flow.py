@@ -22,9 +22,8 @@ returns inverse(z), mapped back to 8-bit values in [0, 1] for images.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import math
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable

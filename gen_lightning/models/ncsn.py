@@ -47,9 +47,8 @@ validation, the sample grid and checkpoints then use the averaged weights (NCSNv
 
 from __future__ import annotations
 
-from typing import Literal
-
 import math
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
