@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gen_lightning.errors import ConfigError
-from gen_lightning.likelihoods import Bernoulli
+from gen_lightning.likelihoods import Bernoulli, Gaussian
 from gen_lightning.nets.made import MADE
 
 
@@ -53,7 +53,9 @@ def test_hidden_degrees_lie_between_the_previous_minimum_and_d_minus_one():
 def test_masks_are_checkpointed_as_degrees():
     a = MADE([6], hidden=[12], order="random", num_masks=3, seed=1)
     b = MADE([6], hidden=[12], order="random", num_masks=3, seed=2)
+    before = b.masks(1)  # built and kept before the load: the load must replace them
     b.load_state_dict(a.state_dict())
+    assert not all(torch.equal(x, y) for x, y in zip(before, b.masks(1)))
     for m in range(3):
         assert all(torch.equal(x, y) for x, y in zip(a.masks(m), b.masks(m)))
 
@@ -95,3 +97,35 @@ def test_refuses_bad_settings():
 def test_moves_between_dtypes_with_its_masks():
     net = MADE([3], hidden=[8]).to(torch.float64)  # nn.Module.to() goes through Module._apply: nothing may shadow it
     assert net(torch.zeros(2, 3, dtype=torch.float64)).dtype == torch.float64
+
+
+class _Recording:
+    """A likelihood that draws as `inner` does and keeps the parameters of every conditional it was given."""
+
+    def __init__(self, inner):
+        self.inner, self.params = inner, []
+
+    def sample(self, params, generator=None):
+        self.params.append(params.clone())
+        return self.inner.sample(params, generator=generator)
+
+
+@pytest.mark.parametrize("hidden", [[24], [24, 16]])
+def test_sampling_uses_the_full_forwards_conditionals(hidden):
+    """Each conditional used while drawing equals the full forward of the finished sample at that dimension.
+
+    With one hidden layer the sampler updates the hidden pre-activation one input at a time (O(D H));
+    output d of the full forward sees only x_<d, so it must give the same parameters, for every mask,
+    order and parameter layout (P = 2: a Gaussian's mean and log-std, parameter-major).
+    """
+    torch.manual_seed(4)
+    net = MADE([1, 3, 4], hidden=hidden, params_per_dim=2, order="random", num_masks=2, seed=5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2)
+    for m in range(2):
+        rec = _Recording(Gaussian())
+        x = net._sample_one_mask(7, m, rec, torch.Generator().manual_seed(m))
+        full = net(x.view(7, 1, 3, 4), m).view(7, 2, 12)  # (n, P*D) -> (n, P, D)
+        for params, d in zip(rec.params, net.order(m).tolist(), strict=True):
+            torch.testing.assert_close(params, full[:, :, d], rtol=1e-5, atol=1e-5)
