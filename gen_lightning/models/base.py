@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import random
 from typing import Any
 
@@ -245,13 +247,18 @@ class GenerativeModel(DivergenceGuard):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_callable(optimizer), "interval": interval}}
 
-    def optimizer_with_warmup(self, optimizer_callable, params, warmup_steps: int):
-        """The optimizer, with a linear learning-rate warm-up over `warmup_steps` steps when > 0."""
+    def optimizer_with_warmup(self, optimizer_callable, params, warmup_steps: int, schedule: str = "constant"):
+        """The optimizer, with a linear learning-rate warm-up over `warmup_steps` steps when > 0, then the rate
+        held (`schedule: constant`) or decayed to 0 by a half cosine over the rest of the fit (`cosine`: diffusers'
+        get_cosine_schedule_with_warmup; the fit's steps are Lightning's `trainer.estimated_stepping_batches`)."""
+        check_lr_schedule(schedule)
         opt = self.build_optimizer(optimizer_callable, params)
-        if warmup_steps == 0:
+        if warmup_steps == 0 and schedule == "constant":
             return opt
-        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        total = int(self.trainer.estimated_stepping_batches) if schedule == "cosine" else 0
+        factor = functools.partial(_warmup_cosine_factor, warmup_steps=warmup_steps, total_steps=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -327,3 +334,22 @@ class GenerativeModel(DivergenceGuard):
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
         np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_lr_schedule(schedule: str) -> None:
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+
+def _warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate's factor at optimizer step `step` (0-based): (step + 1) / warmup_steps during the warm-up,
+    then 1 (total_steps = 0: constant) or 0.5 (1 + cos(pi p)) with p = the share of the steps after the warm-up done."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= 0:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -29,6 +29,8 @@ Validation, the sample grid, checkpoints and `gen test` then use the averaged we
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
@@ -36,7 +38,7 @@ from torch import nn
 from gen_lightning import losses
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
-from gen_lightning.models.base import GenerativeModel, eval_mode
+from gen_lightning.models.base import GenerativeModel, check_lr_schedule, eval_mode
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
 from gen_lightning.samplers.ode import ddpm_ode_log_prob
 from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction
@@ -60,8 +62,10 @@ class DDPM(GenerativeModel):
         vlb_bpd: bool = False,
         dequantize: bool = False,
         predict_seed: int = 1234,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ):
         super().__init__(predict_seed=predict_seed)
+        check_lr_schedule(lr_schedule)
         if prediction not in ("eps", "x0", "v"):
             raise ConfigError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         if lr_warmup_steps < 0:
@@ -71,7 +75,7 @@ class DDPM(GenerativeModel):
         self.schedule = schedule if schedule is not None else LinearSchedule()
         self.sampler = sampler if sampler is not None else DDPMSampler()
         self.prediction, self.optimizer, self.lr_warmup_steps, self.vlb_bpd = prediction, optimizer, lr_warmup_steps, vlb_bpd
-        self.dequantize = dequantize
+        self.dequantize, self.lr_schedule = dequantize, lr_schedule
         self.guidance_scale = 1.0
 
     @property
@@ -97,7 +101,7 @@ class DDPM(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        return self.optimizer_with_warmup(self.optimizer, self.net.parameters(), self.lr_warmup_steps)
+        return self.optimizer_with_warmup(self.optimizer, self.net.parameters(), self.lr_warmup_steps, self.lr_schedule)
 
     # ---- validation and test ----------------------------------------------------------------
     def heldout_loss(self, batch, batch_idx: int) -> torch.Tensor:
@@ -202,8 +206,10 @@ class ConditionalDDPM(DDPM):
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ):
-        super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, dequantize, predict_seed)
+        super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, dequantize, predict_seed,
+                         lr_schedule)
         self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 

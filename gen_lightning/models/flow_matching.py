@@ -40,7 +40,7 @@ from torch import nn
 
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
-from gen_lightning.models.base import GenerativeModel, eval_mode
+from gen_lightning.models.base import GenerativeModel, check_lr_schedule, eval_mode
 from gen_lightning.samplers.ode import EulerSampler, ODESampler, likelihood_grid, ode_log_prob, standard_normal_log_prob
 
 Coupling = Literal["independent", "ot"]
@@ -76,8 +76,10 @@ class FlowMatching(GenerativeModel):
         dequantize: bool = False,
         reflow_init: bool = True,
         predict_seed: int = 1234,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ):
         super().__init__(predict_seed=predict_seed)
+        check_lr_schedule(lr_schedule)
         if coupling not in ("independent", "ot"):
             raise ConfigError(f"coupling must be 'independent' or 'ot', got {coupling!r}")
         if not 0.0 <= sigma_min < 1.0:
@@ -89,6 +91,7 @@ class FlowMatching(GenerativeModel):
         self.sampler = sampler if sampler is not None else EulerSampler(50)
         self.coupling, self.sigma_min, self.reflow_from, self.reflow_init = coupling, sigma_min, reflow_from, reflow_init
         self.optimizer, self.lr_warmup_steps, self.dequantize = optimizer, lr_warmup_steps, dequantize
+        self.lr_schedule = lr_schedule
         self.guidance_scale = 1.0
         self._teacher: list[FlowMatching] = []  # reflow's frozen teacher, kept out of the state_dict
 
@@ -145,7 +148,7 @@ class FlowMatching(GenerativeModel):
         return loss
 
     def configure_optimizers(self):
-        return self.optimizer_with_warmup(self.optimizer, self.net.parameters(), self.lr_warmup_steps)
+        return self.optimizer_with_warmup(self.optimizer, self.net.parameters(), self.lr_warmup_steps, self.lr_schedule)
 
     # ---- validation and test ----------------------------------------------------------------
     def heldout_loss(self, batch, batch_idx: int) -> torch.Tensor:
@@ -226,9 +229,10 @@ class ConditionalFlowMatching(FlowMatching):
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ):
         super().__init__(net, sampler, coupling, sigma_min, reflow_from, optimizer, lr_warmup_steps, dequantize, reflow_init,
-                         predict_seed)
+                         predict_seed, lr_schedule)
         self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 

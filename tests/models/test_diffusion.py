@@ -134,3 +134,41 @@ def test_dequantize_trains_on_8bit_images_spread_over_their_bins(monkeypatch):
     assert torch.equal(torch.floor((seen[0] + 1) / 2 * 256), k)
     with pytest.raises(ConfigError, match="set dequantize: false"):
         DDPM(Zero(), dequantize=True).bind_data(SimpleNamespace(**vars(_dm()), binarize="none"))
+
+
+# ---- the learning-rate schedule: warm-up, then constant or cosine over the fit -----------------------------------
+
+
+def _lrs_of_a_fit(model, max_steps: int) -> list[float]:
+    """The learning rate every optimizer step of a real fit on a ring of 2-D points used."""
+    import lightning as L
+
+    from gen_lightning.data import GMMDataModule
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_steps=max_steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", callbacks=[Record()])
+    trainer.fit(model, datamodule=GMMDataModule(preset="ring8", n_train=512, n_val=8, n_test=8, batch_size=32))
+    return seen
+
+
+@pytest.mark.parametrize("schedule, factors", [
+    # warm-up over 2 steps: 1/2, 1; then 8 steps of a half cosine from 1 towards 0: 0.5 (1 + cos(pi k / 8)), k = 0..7
+    ("cosine", [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]),
+    ("constant", [0.5] + [1.0] * 9),
+])
+def test_lr_schedule_warms_up_then_holds_or_decays_over_the_fits_steps(schedule, factors):
+    from functools import partial
+
+    model = _mlp_model(optimizer=partial(torch.optim.SGD, lr=0.1), lr_warmup_steps=2, lr_schedule=schedule)
+    assert _lrs_of_a_fit(model, max_steps=10) == pytest.approx([0.1 * f for f in factors])
+
+
+def test_lr_schedule_must_be_constant_or_cosine():
+    with pytest.raises(ConfigError, match="lr_schedule must be 'constant' or 'cosine', got 'linear'"):
+        _mlp_model(lr_schedule="linear")

@@ -114,7 +114,8 @@ def test_sample_shapes_labels_and_evaluations():
 
 
 @pytest.mark.parametrize("kw, match", [({"coupling": "sinkhorn"}, "coupling"), ({"sigma_min": 1.0}, "sigma_min"),
-                                       ({"lr_warmup_steps": -1}, "lr_warmup_steps")])
+                                       ({"lr_warmup_steps": -1}, "lr_warmup_steps"),
+                                       ({"lr_schedule": "linear"}, "lr_schedule must be 'constant' or 'cosine'")])
 def test_bad_arguments_are_refused_in_one_line(kw, match):
     with pytest.raises(ConfigError, match=match):
         FlowMatching(DenoiserMLP(dim=2), **kw)
