@@ -92,9 +92,12 @@ class GatedLayer(nn.Module):
 
     def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v_pre = self.v_conv(v)  # (B, 2F, H, W)
-        h_pre = self.h_conv(h) + self.v_to_h(down_shift(v_pre))  # the vertical stack enters one row down
-        h_new = self.h_out(gate(h_pre))
-        return gate(v_pre), h_new if self.first else h + h_new  # residual on the horizontal stack
+        return gate(v_pre), self.horizontal(h, self.v_to_h(down_shift(v_pre)))  # the vertical stack enters one row down
+
+    def horizontal(self, h: torch.Tensor, from_above: torch.Tensor) -> torch.Tensor:
+        """The horizontal stack's step, given what the vertical stack passes it (`v_to_h` of the rows above)."""
+        h_new = self.h_out(gate(self.h_conv(h) + from_above))
+        return h_new if self.first else h + h_new  # residual on the horizontal stack
 
 
 class GatedPixelCNN(nn.Module):
@@ -152,19 +155,56 @@ class GatedPixelCNN(nn.Module):
         v, h = x, x
         for layer in self.layers:
             v, h = layer(v, h)
+        return self._head(h)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.head[1](F.relu(self.head[0](F.relu(h))))  # (B, P*C, H, W)
+
+    @property
+    def horizontal_reach(self) -> int:
+        """How many columns of its row the horizontal stack reads at a pixel, itself included: 1 + the kernels' reach."""
+        return 1 + sum(layer.h_conv.half for layer in self.layers)
+
+    def _vertical_row(self, x: torch.Tensor, gated: list[torch.Tensor], r: int) -> list[torch.Tensor]:
+        """Row r of every layer's vertical stack, once row r of x is drawn: stored in `gated` (per layer `(B, F, H, W)`),
+        and returned as what each layer's horizontal stack receives in row r + 1, `v_to_h` of the row, `(B, 2F, 1, W)`.
+
+        A layer's row r reads rows r - k//2..r of the layer below, which are kept, so each row is computed once.
+        """
+        below, out = 2 * x - 1, []
+        for layer, kept in zip(self.layers, gated):
+            window = below[:, :, max(0, r - layer.v_conv.half) : r + 1]  # the conv pads above row 0, as the full forward
+            v_pre = layer.v_conv(window)[:, :, -1:]  # (B, 2F, 1, W): row r
+            out.append(layer.v_to_h(v_pre))
+            kept[:, :, r : r + 1] = gate(v_pre)
+            below = kept
+        return out
 
     @torch.no_grad()
     def sample(self, n: int, likelihood, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples `(n, C, H, W)`: one network evaluation per pixel and channel, raster order, R -> G -> B.
+        """n samples `(n, C, H, W)`: one evaluation per pixel and channel, raster order, R -> G -> B.
 
-        The evaluation for row i runs on rows 0..i only (the rows below cannot reach it), half the work on average.
+        Each evaluation computes only what is new: the vertical stack once a row (its rows above are kept), and
+        per pixel the horizontal stack, which reads its own row, on the `horizontal_reach` columns up to the
+        pixel. The conditionals equal the full forward's (tests/nets/test_pixelcnn.py); on the MNIST recipe's net
+        this is about 30x less work than a full forward per pixel.
         """
         c, s = self.in_channels, self.image_size
-        x = torch.zeros(n, c, s, s, device=self.head[1].weight.device)
+        weight = self.head[1].weight
+        x = torch.zeros(n, c, s, s, device=weight.device, dtype=weight.dtype)
+        gated = [x.new_zeros(n, layer.v_to_h.in_channels // 2, s, s) for layer in self.layers]
+        # row 0 receives the down-shift's zero padding from above
+        from_above = [layer.v_to_h(x.new_zeros(n, layer.v_to_h.in_channels, 1, s)) for layer in self.layers]
+        reach = self.horizontal_reach
         for i in range(s):
             for j in range(s):
+                cols = slice(max(0, j + 1 - reach), j + 1)  # the conv pads left of column 0, as the full forward
                 for ch in range(c):
-                    params = self._params(x[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]  # (n, P*C, 1, 1)
+                    h = 2 * x[:, :, i : i + 1, cols] - 1
+                    for layer, above in zip(self.layers, from_above):
+                        h = layer.horizontal(h, above[..., cols])
+                    params = self._head(h[..., -1:])  # (n, P*C, 1, 1)
                     x[:, ch, i, j] = likelihood.sample(params, generator=generator)[:, ch, 0, 0]
+            if i + 1 < s:
+                from_above = self._vertical_row(x, gated, i)
         return x

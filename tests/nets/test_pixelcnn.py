@@ -129,3 +129,38 @@ def test_refuses_bad_settings_and_other_image_sizes():
         small(in_channels=3, channels=2)
     with pytest.raises(ValueError, match=r"built for images \(B, 1, 5, 5\), got \(1, 1, 6, 6\)"):
         small()(torch.zeros(1, 1, 6, 6))
+
+
+class _Recording:
+    """A likelihood that draws as `inner` does and keeps the parameters of every conditional it was given."""
+
+    def __init__(self, inner):
+        self.inner, self.params = inner, []
+
+    def sample(self, params, generator=None):
+        self.params.append(params.clone())
+        return self.inner.sample(params, generator=generator)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sampling_uses_the_full_forwards_conditionals(channels):
+    """The conditional used to draw each subpixel equals the full forward of the finished sample there.
+
+    The sampler computes each row of the vertical stack once, from the rows it keeps, and the horizontal stack on
+    the 6 columns that reach the pixel (first kernel 7, then 3 and 3: cropped from column 6 on, so the crop's zero
+    padding must not leak in); the full forward sees everything.
+    """
+    torch.manual_seed(6)
+    net = small(in_channels=channels, image_size=9, channels=12, num_layers=3, first_kernel_size=7, head_channels=12)
+    assert net.horizontal_reach == 6
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2)
+    rec = _Recording(Bernoulli())
+    x = net.sample(5, rec, generator=torch.Generator().manual_seed(1))
+    full = net(x)  # (5, C, 9, 9)
+    order = [(i, j, ch) for i in range(9) for j in range(9) for ch in range(channels)]
+    assert len(rec.params) == len(order)
+    for params, (i, j, ch) in zip(rec.params, order):
+        # the drawn channel's logit (output p*C + c, P = 1); the later channels' were computed before it was drawn
+        torch.testing.assert_close(params[:, ch, 0, 0], full[:, ch, i, j], rtol=1e-5, atol=1e-5)
