@@ -146,13 +146,12 @@ class _Recording:
 def test_sampling_uses_the_full_forwards_conditionals(channels):
     """The conditional used to draw each subpixel equals the full forward of the finished sample there.
 
-    The sampler computes each row of the vertical stack once, from the rows it keeps, and the horizontal stack on
-    the 6 columns that reach the pixel (first kernel 7, then 3 and 3: cropped from column 6 on, so the crop's zero
-    padding must not leak in); the full forward sees everything.
+    The sampler computes each row of the vertical stack and each pixel of the horizontal stack once, from the rows
+    and columns it keeps: windows of k//2 + 1 rows or columns (4 in the first layer, kernel 7; 2 in the others), so
+    from row and column 3 on a window's zero padding must not leak in. The full forward sees everything.
     """
     torch.manual_seed(6)
     net = small(in_channels=channels, image_size=9, channels=12, num_layers=3, first_kernel_size=7, head_channels=12)
-    assert net.horizontal_reach == 6
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(2)
