@@ -14,8 +14,11 @@ which tracks the raw weights closely at first and reaches `decay` after ~10 / (1
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.utilities import rank_zero_info
 
 from gen_lightning.errors import ConfigError
 
@@ -41,3 +44,15 @@ class EMA(EMAWeightAveraging):
     def _warmup_average(self, average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         d = warmup_decay(self.decay, num_averaged)
         return d * average + (1 - d) * current
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        average = self._average_model
+        n = int(average.n_averaged) if average is not None else 0
+        reached = math.ceil((10 * self.decay - 1) / (1 - self.decay))  # (1 + n) / (10 + n) >= decay from here on
+        if self.warmup and 0 < n < reached:
+            rank_zero_info(
+                f"EMA: this fit took {n:,} averages and the warm-up reaches decay {self.decay} after {reached:,}, so the "
+                f"last decay was {warmup_decay(self.decay, n):.4f} (an average over roughly the last {n // 9 + 1:,} "
+                f"steps), the same for any decay above {warmup_decay(self.decay, n):.4f}"
+            )
+        super().on_train_end(trainer, pl_module)

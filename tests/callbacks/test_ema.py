@@ -54,25 +54,45 @@ def test_bad_decay_is_one_config_error():
         EMA(decay=1.5)
 
 
+class _Model(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1.0).pow(2).sum()  # w -> 1 under SGD
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(20, 1), batch_size=1)
+
+
 def test_is_a_lightning_weight_averaging_callback_in_a_fit(tmp_path):
-    class Model(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return (self.w - 1.0).pow(2).sum()  # w -> 1 under SGD
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-        def train_dataloader(self):
-            return torch.utils.data.DataLoader(torch.zeros(20, 1), batch_size=1)
-
-    model = Model()
+    model = _Model()
     trainer = L.Trainer(max_epochs=1, callbacks=[EMA(decay=0.999)], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model)
     # raw w after k steps: 1 - 0.8^k; the warmed-up average trails it but is far from the initial 0
     # (the plain 0.999 EMA of the same run would be below 0.02)
     assert 0.5 < model.w.item() < 1 - 0.8**20
+
+
+def test_a_fit_shorter_than_the_warm_up_says_so(tmp_path, caplog):
+    """20 averages against the 8,990 after which (1 + n) / (10 + n) >= 0.999: the line names both and the last decay."""
+    import logging
+
+    model = _Model()
+    trainer = L.Trainer(max_epochs=1, callbacks=[EMA(decay=0.999)], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(model)
+    assert "this fit took 20 averages and the warm-up reaches decay 0.999 after 8,990" in caplog.text
+    assert "last decay was 0.7000" in caplog.text  # (1 + 20) / (10 + 20)
+    caplog.clear()
+    trainer = L.Trainer(max_epochs=1, callbacks=[EMA(decay=0.5)], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(_Model())
+    assert "EMA:" not in caplog.text  # 0.5 is reached at the first average
