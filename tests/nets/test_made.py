@@ -99,19 +99,8 @@ def test_moves_between_dtypes_with_its_masks():
     assert net(torch.zeros(2, 3, dtype=torch.float64)).dtype == torch.float64
 
 
-class _Recording:
-    """A likelihood that draws as `inner` does and keeps the parameters of every conditional it was given."""
-
-    def __init__(self, inner):
-        self.inner, self.params = inner, []
-
-    def sample(self, params, generator=None):
-        self.params.append(params.clone())
-        return self.inner.sample(params, generator=generator)
-
-
 @pytest.mark.parametrize("hidden", [[24], [24, 16]])
-def test_sampling_uses_the_full_forwards_conditionals(hidden):
+def test_sampling_uses_the_full_forwards_conditionals(hidden, recording):
     """Each conditional used while drawing equals the full forward of the finished sample at that dimension.
 
     With one hidden layer the sampler updates the hidden pre-activation one input at a time (O(D H));
@@ -124,7 +113,7 @@ def test_sampling_uses_the_full_forwards_conditionals(hidden):
         for p in net.parameters():
             p.mul_(2)
     for m in range(2):
-        rec = _Recording(Gaussian())
+        rec = recording(Gaussian())
         x = net._sample_one_mask(7, m, rec, torch.Generator().manual_seed(m))
         full = net(x.view(7, 1, 3, 4), m).view(7, 2, 12)  # (n, P*D) -> (n, P, D)
         for params, d in zip(rec.params, net.order(m).tolist(), strict=True):

@@ -131,19 +131,8 @@ def test_refuses_bad_settings_and_other_image_sizes():
         small()(torch.zeros(1, 1, 6, 6))
 
 
-class _Recording:
-    """A likelihood that draws as `inner` does and keeps the parameters of every conditional it was given."""
-
-    def __init__(self, inner):
-        self.inner, self.params = inner, []
-
-    def sample(self, params, generator=None):
-        self.params.append(params.clone())
-        return self.inner.sample(params, generator=generator)
-
-
 @pytest.mark.parametrize("channels", [1, 3])
-def test_sampling_uses_the_full_forwards_conditionals(channels):
+def test_sampling_uses_the_full_forwards_conditionals(channels, recording):
     """The conditional used to draw each subpixel equals the full forward of the finished sample there.
 
     The sampler computes each row of the vertical stack and each pixel of the horizontal stack once, from the rows
@@ -155,7 +144,7 @@ def test_sampling_uses_the_full_forwards_conditionals(channels):
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(2)
-    rec = _Recording(Bernoulli())
+    rec = recording(Bernoulli())
     x = net.sample(5, rec, generator=torch.Generator().manual_seed(1))
     full = net(x)  # (5, C, 9, 9)
     order = [(i, j, ch) for i in range(9) for j in range(9) for ch in range(channels)]
