@@ -70,6 +70,18 @@ def g_loss_bce(fake: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
 
 
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al. 2019, eq. 3), to minimize: 1 / (d_I / d_z + eps) for the pairs
+    (fake[i], fake[h + i]) drawn from (z[i], z[h + i]), h = B // 2, with d the mean absolute difference over the
+    pairs. A generator that maps distinct latents to one image pays 1 / eps; one that spreads them pays little."""
+    h = fake.shape[0] // 2
+    if h == 0:
+        raise ValueError(f"the mode-seeking term needs at least 2 samples, got {fake.shape[0]}")
+    d_image = (fake[:h] - fake[h : 2 * h]).abs().mean()
+    d_latent = (z[:h] - z[h : 2 * h]).abs().mean()
+    return 1.0 / (d_image / d_latent + eps)
+
+
 def d_loss_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (the hinge loss of Miyato et al. 2018)."""
     return torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean()

@@ -10,7 +10,9 @@ Losses (`loss`): "bce", the non-saturating loss of Goodfellow et al. 2014, with 
 one-sided label smoothing (`real_label` 0.9); "hinge" (Miyato et al. 2018); "wgan-gp", the
 Wasserstein critic with gradient penalty weight `gp_weight` (Gulrajani et al. 2017).
 `r1_gamma` > 0 adds the R1 penalty gamma/2 E||grad D(x)||^2 on real data (Mescheder et al. 2018)
-to any of them.
+to any of them. `mode_seeking` > 0 adds MSGAN's mode-seeking term with that weight to G's loss (Mao et al.
+2019): the fakes come in pairs, the second half of the batch with the first half's labels, and G pays
+1 / (image distance / latent distance) over the pairs (losses.mode_seeking_loss).
 
 `ConditionalGAN` feeds the labels to both networks (a label embedding in G, a projection
 head in D, Miyato & Koyama 2018) and samples given labels.
@@ -100,15 +102,23 @@ class GAN(GenerativeModel):
         r1_gamma: float = 0.0,
         real_label: float = 1.0,
         predict_seed: int = 1234,
+        mode_seeking: float = 0.0,
     ):
         super().__init__(predict_seed=predict_seed)
         _check_hparams(latent_dim, loss, n_critic, gp_weight, r1_gamma, real_label, discriminator)
+        check_rules([
+            (mode_seeking >= 0, f"mode_seeking must be >= 0, got {mode_seeking}; 0 turns it off, MSGAN used 1"),
+            # WGAN-GP interpolates real and fake images under one label each; paired fakes carry other labels
+            (not (mode_seeking > 0 and self.conditional and loss == "wgan-gp"),
+             "mode_seeking pairs the fakes' labels, which the conditional WGAN-GP penalty cannot follow; use loss: bce or hinge"),
+        ])
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator, self.discriminator, self.latent_dim = generator, discriminator, latent_dim
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.g_scheduler, self.d_scheduler = g_scheduler, d_scheduler
         self.loss, self.n_critic, self.gp_weight, self.r1_gamma = loss, n_critic, gp_weight, r1_gamma
+        self.mode_seeking = mode_seeking
         self.d_loss_fn, self.g_loss_fn = {
             "bce": (functools.partial(losses.d_loss_bce, real_target=real_label), losses.g_loss_bce),
             "hinge": (losses.d_loss_hinge, losses.g_loss_hinge),
@@ -122,8 +132,21 @@ class GAN(GenerativeModel):
 
     def generate(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
         """G(z) for z ~ N(0, I) `(n, latent_dim)`, drawn with `generator`."""
+        return self.generate_with_latents(n, labels, generator)[0]
+
+    def generate_with_latents(self, n: int, labels: torch.Tensor | None,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G(z), z) for z ~ N(0, I) `(n, latent_dim)`, drawn with `generator`."""
         z = torch.randn(n, self.latent_dim, device=self.device, generator=generator)
-        return self.generator(z) if labels is None else self.generator(z, labels)
+        return (self.generator(z) if labels is None else self.generator(z, labels)), z
+
+    def paired(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The fakes' labels under mode seeking: the second half of the batch repeats the first half's, so that
+        fake[i] and fake[h + i] differ by their latents only (an odd batch's last label stays)."""
+        if labels is None or self.mode_seeking == 0:
+            return labels
+        h = labels.shape[0] // 2
+        return torch.cat([labels[:h], labels[:h], labels[2 * h :]])
 
     def critic(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """D's raw output (logit, or critic value for WGAN), `(B,)`."""
@@ -133,30 +156,38 @@ class GAN(GenerativeModel):
     def training_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         labels = self.labels_of(y)
+        fake_labels = self.paired(labels)
         opt_g, opt_d = self.optimizers()
         g_turn = (batch_idx + 1) % self.n_critic == 0
         with torch.set_grad_enabled(g_turn):  # G's graph is needed only on its turn
-            fake = self.generate(x.shape[0], labels)  # built once: D sees it detached, G through it
-        self.discriminator_step(opt_d, x, fake.detach(), labels)
+            fake, z = self.generate_with_latents(x.shape[0], fake_labels)  # built once: D sees it detached, G through it
+        self.discriminator_step(opt_d, x, fake.detach(), labels, fake_labels)
         if g_turn:
-            self.generator_step(opt_g, fake, labels)
+            self.generator_step(opt_g, fake, fake_labels, z)
 
-    def discriminator_step(self, opt, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """One update of D on real and (detached) generated samples; G is frozen."""
+    def discriminator_step(self, opt, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
+                           fake_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One update of D on real and (detached) generated samples; G is frozen. `fake_labels`: the fakes' labels
+        when they are not the real batch's (mode seeking pairs them)."""
+        fake_labels = labels if fake_labels is None else fake_labels
         with self.toggled_optimizer(opt):
-            real_logits, fake_logits = self.critic(real, labels), self.critic(fake, labels)
+            real_logits, fake_logits = self.critic(real, labels), self.critic(fake, fake_labels)
             loss = self.d_loss_fn(real_logits, fake_logits) + self.penalty(real, fake, labels)
             grad_norm = self.update(opt, loss)
         self.log_step({"train/d_loss": loss, "train/d_real": self.d_output(real_logits),
                        "train/d_fake": self.d_output(fake_logits), "train/d_grad_norm": grad_norm})
         return loss
 
-    def generator_step(self, opt, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """One update of G through D's score of its samples; D is frozen."""
+    def generator_step(self, opt, fake: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """One update of G through D's score of its samples (plus the mode-seeking term of the latents `z`); D is frozen."""
         with self.toggled_optimizer(opt):
             loss = self.g_loss_fn(self.critic(fake, labels))
-            grad_norm = self.update(opt, loss)
-        self.log_step({"train/g_loss": loss, "train/g_grad_norm": grad_norm}, prog_bar="train/g_loss")
+            logged = {"train/g_loss": loss}
+            if self.mode_seeking > 0:
+                logged["train/mode_seeking"] = ms = losses.mode_seeking_loss(fake, z)
+                loss = loss + self.mode_seeking * ms
+            logged["train/g_grad_norm"] = self.update(opt, loss)
+        self.log_step(logged, prog_bar="train/g_loss")
         return loss
 
     def update(self, opt, loss: torch.Tensor) -> torch.Tensor:

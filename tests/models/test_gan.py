@@ -388,3 +388,57 @@ def test_sample_grid_draws_from_the_averaged_generator(tmp_path):
 def test_ema_listed_before_the_sample_grid_is_refused():
     with pytest.raises(ConfigError, match="after SampleGrid"):
         trainer(callbacks=[EMAWeightAveraging(), SampleGrid()]).fit(mlp_gan(), tiny_gmm())
+
+
+# ---- mode seeking (MSGAN, Mao et al. 2019) ----------------------------------------------------------------------
+
+
+def test_mode_seeking_loss_closed_form():
+    """Pairs (f0, f2), (f1, f3): mean |image difference| 2, mean |latent difference| 4: 1 / (0.5 + eps)."""
+    from gen_lightning.losses import mode_seeking_loss
+
+    fake = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    z = torch.tensor([[0.0], [0.0], [4.0], [4.0]])
+    assert mode_seeking_loss(fake, z).item() == pytest.approx(1 / (0.5 + 1e-5))
+    assert mode_seeking_loss(fake[[0, 1, 0, 1]], z).item() == pytest.approx(1e5)  # collapsed pairs pay 1 / eps
+
+
+def test_mode_seeking_pairs_the_fakes_labels():
+    model = mlp_gan(ConditionalGAN, num_classes=3, mode_seeking=1.0)
+    assert model.paired(torch.tensor([0, 1, 2, 2, 1])).tolist() == [0, 1, 0, 1, 1]
+    assert mlp_gan(ConditionalGAN, num_classes=3).paired(torch.tensor([0, 1, 2])).tolist() == [0, 1, 2]
+
+
+def test_mode_seeking_alone_spreads_the_generators_pairs():
+    """With D's score flat in x (a constant), G's only gradient is the mode-seeking term: SGD steps on it move the
+    pairs of fakes apart, at fixed latents."""
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, labels=None):
+            return self.bias.expand(x.shape[0])
+
+    torch.manual_seed(0)
+    model = GAN(MLPGenerator(latent_dim=4, hidden=[32, 32], data_shape=[2]), Flat(), latent_dim=4, mode_seeking=1.0,
+                g_optimizer=partial(torch.optim.SGD, lr=0.05), d_optimizer=partial(torch.optim.SGD, lr=0.0))
+    z = torch.randn(64, 4)
+
+    def spread():
+        with torch.no_grad():
+            fake = model.generator(z)
+        return (fake[:32] - fake[32:]).abs().mean().item()
+
+    before = spread()
+    trainer(max_epochs=3).fit(model, datamodule=tiny_gmm())
+    assert spread() > 1.5 * before
+
+
+def test_mode_seeking_refusals():
+    with pytest.raises(ConfigError, match="mode_seeking must be >= 0, got -1.0"):
+        mlp_gan(mode_seeking=-1.0)
+    with pytest.raises(ConfigError, match="conditional WGAN-GP penalty cannot follow"):
+        mlp_gan(ConditionalGAN, num_classes=3, mode_seeking=1.0, loss="wgan-gp")
+    mlp_gan(mode_seeking=1.0, loss="wgan-gp")  # unconditional: the fakes carry no labels
