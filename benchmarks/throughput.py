@@ -82,7 +82,7 @@ def first_optimizer(configured):
 def plain_gan_step(model, opts, batch):
     """The GAN's D step and G step written out: what its training_step does, without Lightning."""
     x, y = batch
-    labels = model.labels_of(y)
+    labels = model.labels_of(x, y)
     opt_g, opt_d = opts
     fake = model.generate(x.shape[0], labels)
     model.generator.requires_grad_(False)

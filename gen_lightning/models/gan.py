@@ -38,6 +38,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from gen_lightning import losses
+from gen_lightning.clustering import kmeans, nearest
 from gen_lightning.errors import ConfigError, check_rules
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
@@ -109,7 +110,7 @@ class GAN(GenerativeModel):
         check_rules([
             (mode_seeking >= 0, f"mode_seeking must be >= 0, got {mode_seeking}; 0 turns it off, MSGAN used 1"),
             # WGAN-GP interpolates real and fake images under one label each; paired fakes carry other labels
-            (not (mode_seeking > 0 and self.conditional and loss == "wgan-gp"),
+            (not (mode_seeking > 0 and self.networks_take_labels and loss == "wgan-gp"),
              "mode_seeking pairs the fakes' labels, which the conditional WGAN-GP penalty cannot follow; use loss: bce or hinge"),
         ])
         self.save_hyperparameters()
@@ -126,9 +127,15 @@ class GAN(GenerativeModel):
         }[loss]
 
     # ---- the two players ------------------------------------------------------------------
-    def labels_of(self, y: torch.Tensor) -> torch.Tensor | None:
-        """The labels the networks see: the batch's for a conditional GAN, none otherwise."""
+    def labels_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The labels the networks see for the batch `(x, y)`: y for a conditional GAN, none otherwise (the
+        self-conditioned GAN: the clusters of x)."""
         return y if self.conditional else None
+
+    def eval_labels(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """The labels of the fakes that val/loss compares with the batch `(x, y)`: the batch's own for a conditional
+        GAN, none otherwise (the self-conditioned GAN draws clusters as it samples)."""
+        return self.labels_of(x, y)
 
     def generate(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
         """G(z) for z ~ N(0, I) `(n, latent_dim)`, drawn with `generator`."""
@@ -148,6 +155,14 @@ class GAN(GenerativeModel):
         h = labels.shape[0] // 2
         return torch.cat([labels[:h], labels[:h], labels[2 * h :]])
 
+    @property
+    def networks_take_labels(self) -> bool:
+        """Whether G and D read labels: the data's for a conditional GAN, clusters for the self-conditioned one."""
+        return self.conditional
+
+    def check_gan_net_classes(self, dm) -> None:
+        self.check_net_classes(dm, "gen_lightning.models.gan.ConditionalGAN", generator=self.generator, discriminator=self.discriminator)
+
     def critic(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """D's raw output (logit, or critic value for WGAN), `(B,)`."""
         return self.discriminator(x) if labels is None else self.discriminator(x, labels)
@@ -155,7 +170,7 @@ class GAN(GenerativeModel):
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        labels = self.labels_of(y)
+        labels = self.labels_of(x, y)
         fake_labels = self.paired(labels)
         opt_g, opt_d = self.optimizers()
         g_turn = (batch_idx + 1) % self.n_critic == 0
@@ -228,7 +243,7 @@ class GAN(GenerativeModel):
         """Energy distance between the batch and G samples drawn with seed `batch_idx` (and the batch's labels)."""
         x, y = batch
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        fake = self.generate(x.shape[0], self.labels_of(y), generator=g)
+        fake = self.generate(x.shape[0], self.eval_labels(x, y, g), generator=g)
         return energy_distance(fake, x)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -243,16 +258,20 @@ class GAN(GenerativeModel):
         """n samples `(n, *data_shape)` from G in eval mode, z ~ N(0, I) drawn with `generator`."""
         labels = self.check_sample_args(n, labels)
         with eval_mode(self.generator):
-            x = self.generate(n, labels, generator)
+            x = self.generate(n, self.sampling_labels(n, labels, generator), generator)
         return x if self.value_range is None else x.clamp(*self.value_range)
+
+    def sampling_labels(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The labels G samples with: the caller's (the self-conditioned GAN draws clusters instead)."""
+        return labels
 
     # ---- data contract ----------------------------------------------------------------
     def check_data(self, dm) -> None:
         """Images must be in [-1, 1] (G ends in tanh), and one dummy pass of G and D must fit the data's shape."""
         self.require_symmetric_range(dm, "a GAN generator ends in tanh, so images must be in [-1, 1]")
-        self.check_net_classes(dm, "gen_lightning.models.gan.ConditionalGAN", generator=self.generator, discriminator=self.discriminator)
+        self.check_gan_net_classes(dm)
         shape = tuple(dm.data_shape)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.networks_take_labels else None
         seeded = torch.Generator(device=self.device).manual_seed(0)  # the probe leaves the global RNG alone
         x = self.probe(self.generator, lambda: self.generate(2, labels, seeded), f"the generator cannot read latents "
                        f"{shape_text((self.latent_dim,))}", f"set the generator's latent_dim to {self.latent_dim}")
@@ -272,3 +291,124 @@ class ConditionalGAN(GAN):
     """A class-conditional GAN: G(z, y) and D(x, y); the networks need `num_classes` set to the data's."""
 
     conditional = True
+
+
+class SelfConditionedGAN(GAN):
+    """An unconditional GAN trained as a conditional one on clusters of the data (Liu et al. 2020, "Diverse Image
+    Generation via Self-Conditioned GANs"): the class conditioning that keeps a cGAN from dropping modes, without labels.
+
+    When a fit starts (and not when it resumes: the clusters are saved in the checkpoint), k-means (gen_lightning/
+    clustering.py) splits `cluster_images` training examples, drawn with `cluster_seed`, into `num_clusters` clusters of
+    their flattened values (pixels). Each training example is then labelled with its nearest centre; G(z, c) and D(x, c)
+    train as in ConditionalGAN (networks with `num_classes: num_clusters`), and sampling draws c in proportion to the
+    clusters' sizes, so every cluster, and with it every mode the clusters separate, keeps its share of the samples. No
+    dataset label is read: `sample(n)` takes none, and the model reports as unconditional. The paper clusters D's
+    features and re-clusters during training; these clusters are fixed, from pixels (on MNIST, k-means on 20,000
+    digits puts 80% of each of 50 clusters in one class: /work/probe/kmeans_purity.py in docs/results/mnist_league.md).
+    """
+
+    conditional = False  # to callers: no labels in, none out
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        latent_dim: int,
+        num_clusters: int = 50,
+        cluster_images: int = 20000,
+        cluster_seed: int = 0,
+        g_optimizer: OptimizerCallable = torch.optim.Adam,
+        d_optimizer: OptimizerCallable = torch.optim.Adam,
+        g_scheduler: LRSchedulerCallable | None = None,
+        d_scheduler: LRSchedulerCallable | None = None,
+        loss: Loss = "bce",
+        n_critic: int = 1,
+        gp_weight: float = 10.0,
+        r1_gamma: float = 0.0,
+        real_label: float = 1.0,
+        predict_seed: int = 1234,
+        mode_seeking: float = 0.0,
+    ):
+        check_rules([
+            (num_clusters >= 1, f"num_clusters must be >= 1, got {num_clusters}"),
+            (cluster_images >= num_clusters, f"cluster_images ({cluster_images}) must be >= num_clusters ({num_clusters}): "
+                                             "k-means needs at least one example a cluster"),
+        ])
+        super().__init__(generator, discriminator, latent_dim, g_optimizer, d_optimizer, g_scheduler, d_scheduler, loss,
+                         n_critic, gp_weight, r1_gamma, real_label, predict_seed, mode_seeking)
+        self.num_clusters, self.cluster_images, self.cluster_seed = num_clusters, cluster_images, cluster_seed
+        # plain tensors, not buffers: their shape is known only once the data is, and EMA must not average them;
+        # they travel in the checkpoint under "self_conditioning"
+        self.cluster_centers: torch.Tensor | None = None  # (num_clusters, D), flattened examples
+        self.cluster_sizes: torch.Tensor | None = None  # (num_clusters,) training examples of each, in the k-means subset
+
+    @property
+    def networks_take_labels(self) -> bool:
+        return True
+
+    def check_gan_net_classes(self, dm) -> None:
+        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
+            have = getattr(net, "num_classes", None)
+            if have != self.num_clusters:
+                raise ConfigError(f"the {name} has num_classes={have} but SelfConditionedGAN conditions it on "
+                                  f"{self.num_clusters} clusters; set model.init_args.{name}.init_args.num_classes: "
+                                  f"{self.num_clusters} (or num_clusters: {have})")
+
+    # ---- the clusters -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.cluster_centers is None:  # a resumed fit has its clusters from the checkpoint
+            self.fit_clusters(self.trainer.datamodule)
+
+    @torch.no_grad()
+    def fit_clusters(self, dm) -> None:
+        """k-means on `cluster_images` training examples of the DataModule `dm`, converted as the model sees them."""
+        ds = dm.split("train")
+        g = torch.Generator().manual_seed(self.cluster_seed)
+        idx = torch.randperm(len(ds), generator=g)[: self.cluster_images]
+        x, _ = ds.__getitems__(idx.tolist())
+        if x.dtype == torch.uint8:  # images are stored as bytes and converted per batch (data/base.py)
+            x = dm.convert(x, train=False)
+        if x.shape[0] < self.num_clusters:
+            raise ConfigError(f"num_clusters={self.num_clusters} but the training split has {x.shape[0]} examples; "
+                              "lower num_clusters")
+        centers, assign = kmeans(x.flatten(1).to(self.device), self.num_clusters,
+                                 generator=torch.Generator(device=self.device).manual_seed(self.cluster_seed))
+        self.cluster_centers, self.cluster_sizes = centers, torch.bincount(assign, minlength=self.num_clusters)
+
+    def require_clusters(self) -> None:
+        if self.cluster_centers is None:
+            raise ConfigError("this SelfConditionedGAN has no clusters yet: they are fitted when `gen fit` starts; "
+                              "fit it, or load a checkpoint of a fitted one (--ckpt_path)")
+
+    def labels_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The cluster of each example: its nearest centre (the dataset's labels y are never read)."""
+        self.require_clusters()
+        return nearest(x.flatten(1).float(), self.cluster_centers.to(x.device))
+
+    def draw_clusters(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n clusters drawn in proportion to their sizes, `(n,)` on the model's device."""
+        self.require_clusters()
+        weights = self.cluster_sizes.to(self.device, torch.float)
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+    def eval_labels(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.draw_clusters(x.shape[0], generator)
+
+    def sampling_labels(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        return self.draw_clusters(n, generator)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.cluster_centers is not None:
+            checkpoint["self_conditioning"] = {"centers": self.cluster_centers.cpu(), "sizes": self.cluster_sizes.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("self_conditioning")
+        if saved is None:
+            return
+        if saved["centers"].shape[0] != self.num_clusters:
+            raise ConfigError(f"the checkpoint has {saved['centers'].shape[0]} clusters but the model is configured with "
+                              f"num_clusters: {self.num_clusters}; use the config that trained it")
+        self.cluster_centers, self.cluster_sizes = saved["centers"], saved["sizes"]

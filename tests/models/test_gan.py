@@ -12,7 +12,7 @@ from torch import nn
 from gen_lightning.callbacks import SampleGrid
 from gen_lightning.data import GMMDataModule
 from gen_lightning.errors import ConfigError, TrainingDivergedError
-from gen_lightning.models.gan import GAN, ConditionalGAN
+from gen_lightning.models.gan import GAN, ConditionalGAN, SelfConditionedGAN
 from gen_lightning.nets.dcgan import DCGANDiscriminator, DCGANGenerator, MinibatchStd
 from gen_lightning.nets.gan_mlp import MLPDiscriminator, MLPGenerator
 
@@ -442,3 +442,91 @@ def test_mode_seeking_refusals():
     with pytest.raises(ConfigError, match="conditional WGAN-GP penalty cannot follow"):
         mlp_gan(ConditionalGAN, num_classes=3, mode_seeking=1.0, loss="wgan-gp")
     mlp_gan(mode_seeking=1.0, loss="wgan-gp")  # unconditional: the fakes carry no labels
+
+
+# ---- the self-conditioned GAN --------------------------------------------------------------
+def sc_gan(num_clusters=8, **kwargs) -> SelfConditionedGAN:
+    return mlp_gan(SelfConditionedGAN, num_classes=num_clusters, num_clusters=num_clusters, cluster_images=512, **kwargs)
+
+
+def ring8(**kwargs) -> GMMDataModule:
+    return GMMDataModule(preset="ring8", n_train=1024, n_val=128, n_test=128, batch_size=64, **kwargs)
+
+
+class LabelSpy(nn.Module):
+    """Wraps a conditional network and records the labels it is called with."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.num_classes, self.seen = net, net.num_classes, []
+
+    def forward(self, x, labels=None):
+        self.seen.append(labels)
+        return self.net(x, labels)
+
+
+def test_self_conditioned_gan_labels_each_example_with_its_mode():
+    """On ring8 the 8 clusters are the 8 modes (tests/test_clustering.py), so the labels the networks train on are
+    the modes, and sampling draws each about as often as the data holds it; the dataset's labels are never read."""
+    dm = ring8()
+    model = sc_gan()
+    model.generator, model.discriminator = LabelSpy(model.generator), LabelSpy(model.discriminator)
+    trainer(max_steps=10).fit(model, datamodule=dm)
+    assert model.cluster_centers.shape == (8, 2) and model.cluster_sizes.sum() == 512
+    x, comp = dm.split("train").__getitems__(list(range(1024)))
+    assert same_partition(model.labels_of(x, torch.full_like(comp, -1)), comp)
+    batches = [labels for labels in model.discriminator.seen if labels is not None]
+    assert batches and all(labels.max() < 8 for labels in batches)
+    # sampling: clusters in proportion to their sizes (40,000 draws: each share within 0.01, ~5 standard errors)
+    drawn = model.draw_clusters(40000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.bincount(drawn, minlength=8) / 40000.0,
+                               model.cluster_sizes / model.cluster_sizes.sum(), atol=0.01, rtol=0)
+    model.generator.seen.clear()
+    model.sample(5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(model.generator.seen[-1], model.draw_clusters(5, torch.Generator().manual_seed(3)))
+
+
+def test_self_conditioned_gan_trains_without_reading_dataset_labels():
+    """Out-of-range labels in every batch would break a label embedding: the model must not look at them."""
+
+    class Unlabeled(GMMDataModule):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            x, y = batch
+            return x, torch.full_like(y, 10**6)
+
+    trainer(max_steps=6).fit(sc_gan(mode_seeking=1.0), datamodule=Unlabeled(preset="ring8", n_train=256, n_val=64,
+                                                                           n_test=64, batch_size=32))
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_self_conditioned_gan_keeps_its_clusters_in_the_checkpoint(tmp_path):
+    dm = ring8()
+    model = sc_gan()
+    fit = trainer(max_steps=4, default_root_dir=tmp_path, enable_checkpointing=True)
+    fit.fit(model, datamodule=dm)
+    ckpt = tmp_path / "last.ckpt"
+    fit.save_checkpoint(ckpt)
+    loaded = SelfConditionedGAN.load_from_checkpoint(ckpt, weights_only=False)  # hparams hold the nets: a test-made file
+    torch.testing.assert_close(loaded.cluster_centers, model.cluster_centers)
+    torch.testing.assert_close(loaded.sample(16, generator=torch.Generator().manual_seed(1)),
+                               model.sample(16, generator=torch.Generator().manual_seed(1)))
+    # a resumed fit keeps the saved clusters, even where its own settings would cluster otherwise
+    resumed = sc_gan(cluster_seed=99)
+    trainer(max_steps=8).fit(resumed, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+    torch.testing.assert_close(resumed.cluster_centers, model.cluster_centers)
+
+
+def test_self_conditioned_gan_refusals():
+    model = sc_gan()
+    with pytest.raises(ConfigError, match="no clusters yet"):
+        model.bind_data(ring8()) or model.sample(4)
+    with pytest.raises(ConfigError, match="unconditional"):
+        model.sample(4, labels=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"num_classes=8 but SelfConditionedGAN conditions it on 5 clusters"):
+        mlp_gan(SelfConditionedGAN, num_classes=8, num_clusters=5).bind_data(ring8())
+    with pytest.raises(ConfigError, match="cluster_images \\(4\\) must be >= num_clusters \\(8\\)"):
+        mlp_gan(SelfConditionedGAN, num_classes=8, num_clusters=8, cluster_images=4)
