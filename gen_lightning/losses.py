@@ -161,18 +161,39 @@ def diffusion_target(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Ten
     raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
 
 
+def min_snr_weight(schedule, t: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights `(B,)` (Hang et al. 2023): each timestep's loss counts as the x0-prediction MSE
+    weighted by min(SNR_t, gamma), SNR_t = ab_t / (1 - ab_t). The eps MSE is SNR_t times the x0 MSE and the v MSE
+    (SNR_t + 1) times, so the weights on the loss of each parameterization are min(SNR, gamma) / SNR (eps),
+    min(SNR, gamma) (x0) and min(SNR, gamma) / (SNR + 1) (v)."""
+    ab = schedule.alpha_bar[t]
+    snr = ab / (1.0 - ab)
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (snr + 1.0)
+    raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+
+
 def diffusion_simple_loss(
     net, schedule, x0: torch.Tensor, t: torch.Tensor, prediction: str = "eps", labels: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """L_simple = E ||target - net(x_t, t)||^2, averaged over every dimension (DDPM eq. 14 for eps).
+    """L_simple = E ||target - net(x_t, t)||^2, averaged over every dimension (DDPM eq. 14 for eps); with `snr_gamma`,
+    each example's mean weighted by `min_snr_weight` (Min-SNR-gamma, Hang et al. 2023).
 
     eps ~ N(0, I) is drawn with `generator`; `t` (B,) are integer timesteps, passed to the net as time t / T.
     """
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = schedule.q_sample(x0, t, eps)
     out = net(xt, schedule.net_time(t), labels)
-    return (out - diffusion_target(schedule, x0, t, eps, prediction)).pow(2).mean()
+    err = (out - diffusion_target(schedule, x0, t, eps, prediction)).pow(2)
+    if snr_gamma is None:
+        return err.mean()
+    return (err.flatten(1).mean(1) * min_snr_weight(schedule, t, prediction, snr_gamma)).mean()
 
 
 def contrastive_divergence(e_pos: torch.Tensor, e_neg: torch.Tensor, alpha: float) -> torch.Tensor:

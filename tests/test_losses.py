@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 import torch
 from torch.distributions import Normal, kl_divergence
 
@@ -47,3 +49,31 @@ def test_iwae_log_likelihood_is_log_mean_of_weights():
     assert torch.allclose(losses.iwae_log_likelihood(torch.tensor([[-7.0, 2.0]])), torch.tensor([-7.0, 2.0]))
     # stable far from 0: log weights of -1000 do not underflow
     assert torch.allclose(losses.iwae_log_likelihood(torch.full((100, 1), -1000.0)), torch.tensor([-1000.0]))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_the_clipped_snr_times_the_x0_error(prediction):
+    """A net whose three parameterizations all come from one estimate x0 + delta: under Min-SNR-gamma every one
+    must cost mean_t min(SNR_t, gamma) * delta^2 (Hang et al. 2023, eq. 6), and the unweighted eps loss SNR_t * delta^2."""
+    from gen_lightning.losses import diffusion_simple_loss
+    from gen_lightning.samplers.schedules import LinearSchedule
+
+    schedule, delta, gamma = LinearSchedule(), 0.1, 5.0
+    x0 = torch.rand(6, 1, 4, 4) * 2 - 1
+    t = torch.tensor([0, 10, 100, 300, 600, 999])
+
+    def net_of(kind):
+        def net(xt, time, labels):
+            x0_hat = x0 + delta
+            eps_hat = schedule.eps_from_x0(xt, t, x0_hat)
+            ab = schedule.alpha_bar[t].view(-1, 1, 1, 1)
+            return {"x0": x0_hat, "eps": eps_hat, "v": ab.sqrt() * eps_hat - (1 - ab).sqrt() * x0_hat}[kind]
+        return net
+
+    ab = schedule.alpha_bar[t].double()
+    snr = ab / (1 - ab)
+    loss = diffusion_simple_loss(net_of(prediction), schedule, x0, t, prediction, generator=torch.Generator().manual_seed(0),
+                                 snr_gamma=gamma)
+    assert loss.item() == pytest.approx((snr.clamp(max=gamma) * delta**2).mean().item(), rel=1e-3)
+    plain = diffusion_simple_loss(net_of("eps"), schedule, x0, t, "eps", generator=torch.Generator().manual_seed(0))
+    assert plain.item() == pytest.approx((snr * delta**2).mean().item(), rel=1e-3)

@@ -3,7 +3,9 @@
 Training: draw t ~ U{0..T-1} and eps ~ N(0, I), form x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,
 and regress the network's output on eps ("eps", DDPM eq. 14, the simple loss), on x0 ("x0"), or
 on v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 ("v", Salimans & Ho 2022). The network is
-called as `net(x_t, t / T, labels)`: step t of T as the nets' continuous time in [0, 1).
+called as `net(x_t, t / T, labels)`: step t of T as the nets' continuous time in [0, 1). `snr_gamma` weights each
+example's loss by Min-SNR-gamma (Hang et al. 2023, losses.min_snr_weight: the x0 error weighted by min(SNR_t, gamma)),
+which spends less of a short training on the nearly clean timesteps.
 
 Injected pieces (class_path in YAML):
 - `net`: nets/unet.py UNet for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data;
@@ -63,9 +65,12 @@ class DDPM(GenerativeModel):
         dequantize: bool = False,
         predict_seed: int = 1234,
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        snr_gamma: float | None = None,
     ):
         super().__init__(predict_seed=predict_seed)
         check_lr_schedule(lr_schedule)
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ConfigError(f"snr_gamma must be > 0 (5 in Hang et al. 2023), or null for the unweighted loss; got {snr_gamma}")
         if prediction not in ("eps", "x0", "v"):
             raise ConfigError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         if lr_warmup_steps < 0:
@@ -75,7 +80,7 @@ class DDPM(GenerativeModel):
         self.schedule = schedule if schedule is not None else LinearSchedule()
         self.sampler = sampler if sampler is not None else DDPMSampler()
         self.prediction, self.optimizer, self.lr_warmup_steps, self.vlb_bpd = prediction, optimizer, lr_warmup_steps, vlb_bpd
-        self.dequantize, self.lr_schedule = dequantize, lr_schedule
+        self.dequantize, self.lr_schedule, self.snr_gamma = dequantize, lr_schedule, snr_gamma
         self.guidance_scale = 1.0
 
     @property
@@ -92,7 +97,7 @@ class DDPM(GenerativeModel):
         if self.dequantize:
             x0 = dequantize_in_range(x0, self.value_range, generator)
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device, generator=generator)
-        return losses.diffusion_simple_loss(self.net, self.schedule, x0, t, self.prediction, labels, generator)
+        return losses.diffusion_simple_loss(self.net, self.schedule, x0, t, self.prediction, labels, generator, self.snr_gamma)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, y = batch
@@ -174,10 +179,15 @@ class DDPM(GenerativeModel):
         return omitted
 
     @property
+    def loss_name(self) -> str:
+        simple = f"simple {self.prediction}-prediction MSE"
+        return simple if self.snr_gamma is None else f"{simple}, min-SNR-{self.snr_gamma:g} weighted"
+
+    @property
     def metric_conventions(self) -> dict[str, str]:
         conventions = {
-            "val/loss": f"simple {self.prediction}-prediction MSE on validation data, t and eps seeded by batch index",
-            "test/loss": f"simple {self.prediction}-prediction MSE on test data, t and eps seeded by batch index",
+            "val/loss": f"{self.loss_name} on validation data, t and eps seeded by batch index",
+            "test/loss": f"{self.loss_name} on test data, t and eps seeded by batch index",
         }
         if len(self.data_shape) == 3 and self.vlb_bpd:
             conventions["test/bpd_vlb"] = (
@@ -207,9 +217,10 @@ class ConditionalDDPM(DDPM):
         guidance_scale: float = 2.0,
         predict_seed: int = 1234,
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        snr_gamma: float | None = None,
     ):
         super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, dequantize, predict_seed,
-                         lr_schedule)
+                         lr_schedule, snr_gamma)
         self.check_guidance(label_dropout, guidance_scale)
         self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
 

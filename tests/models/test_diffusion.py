@@ -89,6 +89,9 @@ def test_check_data_refuses_what_does_not_fit():
         ConditionalDDPM(DenoiserMLP()).bind_data(_dm(num_classes=3))
     with pytest.raises(ConfigError, match="prediction"):
         DDPM(DenoiserMLP(), prediction="score")
+    with pytest.raises(ConfigError, match="snr_gamma must be > 0 .* got 0.0"):
+        DDPM(DenoiserMLP(), snr_gamma=0.0)
+    assert "min-SNR-5 weighted" in DDPM(DenoiserMLP(), snr_gamma=5.0).loss_name
 
 
 def test_vlb_pieces_closed_forms():
