@@ -303,8 +303,8 @@ class SelfConditionedGAN(GAN):
     train as in ConditionalGAN (networks with `num_classes: num_clusters`), and sampling draws c in proportion to the
     clusters' sizes, so every cluster, and with it every mode the clusters separate, keeps its share of the samples. No
     dataset label is read: `sample(n)` takes none, and the model reports as unconditional. The paper clusters D's
-    features and re-clusters during training; these clusters are fixed, from pixels (on MNIST, k-means on 20,000
-    digits puts 80% of each of 50 clusters in one class: /work/probe/kmeans_purity.py in docs/results/mnist_league.md).
+    features and re-clusters during training; these clusters are fixed, from pixels (on MNIST, 50 k-means clusters of
+    20,000 digits hold 80% of their digits in their majority class: docs/results/mnist_league.md).
     """
 
     conditional = False  # to callers: no labels in, none out
