@@ -23,6 +23,9 @@ for images, nets/denoiser_mlp.py DenoiserMLP for 2-D data) and
   2022, table 1). The VE input x0 + sigma z grows to ~sigma_1 = 40; scaled, it is exactly DDPM's sqrt(alpha_bar) x0 +
   sqrt(1 - alpha_bar) z at alpha_bar = 1 / (1 + sigma^2), so the net always sees inputs of unit scale and its target
   (-z) is DDPM's eps. Off by default (NCSN and NCSNv2 feed x as it is, and older checkpoints mean that).
+- `snr_gamma` weights each level's loss by Min-SNR-gamma (Hang et al. 2023): with lambda = sigma^2 the loss is an
+  eps-prediction at SNR 1 / sigma^2, so the weight min(SNR, gamma) / SNR is min(1, gamma sigma^2), which discounts the
+  levels below 1 / sqrt(gamma) (losses.min_snr_weight for the DDPM).
 - t(sigma) maps log sigma (evenly spaced for a geometric sequence) onto [0, 1], the nets' continuous
   time (nets/unet.timestep_embedding): sigma_L -> 0 (least noise, like DDPM's t = 0), sigma_1 -> 1.
   For geometric sigmas this is the noise-level index scaled to [0, 1].
@@ -85,15 +88,18 @@ class NCSN(GenerativeModel):
         dequantize: bool = False,
         scale_input: bool = False,
         predict_seed: int = 1234,
+        snr_gamma: float | None = None,
     ):
         super().__init__(predict_seed=predict_seed)
         if getattr(net, "num_classes", None) is not None:
             raise ConfigError(f"NCSN is unconditional but the net has num_classes={net.num_classes}; set its num_classes: null")
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ConfigError(f"snr_gamma must be > 0 (5 in Hang et al. 2023), or null for lambda(sigma) = sigma^2; got {snr_gamma}")
         self.save_hyperparameters()
         self.net, self.sigmas, self.sampler = net, sigmas, sampler
         self.optimizer_callable, self.scheduler_callable, self.dequantize = optimizer, scheduler, dequantize
         self.scheduler_interval = scheduler_interval
-        self.scale_input = scale_input
+        self.scale_input, self.snr_gamma = scale_input, snr_gamma
 
     @property
     def network_evaluations_per_sample(self) -> int:
@@ -120,7 +126,10 @@ class NCSN(GenerativeModel):
         levels = self.sigmas.to(x0.device)
         i = torch.randint(0, len(levels), (x0.shape[0],), device=x0.device, generator=generator)
         z = torch.randn(x0.shape, device=x0.device, generator=generator)
-        return losses.dsm_loss(self.score, x0, levels[i], z).mean()
+        per_example = losses.dsm_loss(self.score, x0, levels[i], z)
+        if self.snr_gamma is not None:  # Min-SNR-gamma: the VE chain's SNR is 1 / sigma^2, the loss an eps-prediction's
+            per_example = per_example * (self.snr_gamma * levels[i].pow(2)).clamp(max=1.0)
+        return per_example.mean()
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -100,6 +100,20 @@ def test_dsm_loss_of_the_oracle_net_is_zero_on_point_mass_data():
     assert loss == pytest.approx(1.0, rel=0.03)  # 1/2 chi2_2 per example, SE 0.7% over 20,000
 
 
+def test_min_snr_weighting_of_the_untrained_net_is_the_mean_clipped_weight():
+    """The untrained net outputs 0, so every example costs 1/2 ||z||^2 (mean 1 in 2-D) times its level's weight
+    min(1, gamma sigma^2): the loss is the mean of that weight over the 5 levels (6, ~1.44, ~0.35, ~0.083, 0.02)."""
+    model = gmm_model()
+    model.snr_gamma = 5.0
+    g = torch.Generator().manual_seed(0)
+    weights = (5.0 * model.sigmas.to("cpu").pow(2)).clamp(max=1.0)
+    assert 0.03 < weights.mean().item() < 0.7  # two levels clipped to 1, three discounted
+    loss = model.dsm(torch.randn(40000, 2, generator=g), generator=g).item()
+    assert loss == pytest.approx(weights.mean().item(), rel=0.03)  # SE 0.8% over 40,000: 3.9 SE
+    with pytest.raises(ConfigError, match="snr_gamma must be > 0"):
+        NCSN(DenoiserMLP(dim=2), model.sigmas, AnnealedLangevin(), snr_gamma=-1.0)
+
+
 def test_held_out_loss_is_seeded_by_batch_index():
     model = gmm_model()
     batch = (torch.randn(32, 2), torch.zeros(32, dtype=torch.long))
