@@ -383,7 +383,9 @@ class SelfConditionedGAN(GAN):
     def labels_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The cluster of each example: its nearest centre (the dataset's labels y are never read)."""
         self.require_clusters()
-        return nearest(x.flatten(1).float(), self.cluster_centers.to(x.device))
+        if self.cluster_centers.device != x.device:  # once, not every step (a checkpoint loads them on the CPU)
+            self.cluster_centers = self.cluster_centers.to(x.device)
+        return nearest(x.flatten(1).float(), self.cluster_centers)
 
     def draw_clusters(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n clusters drawn in proportion to their sizes, `(n,)` on the model's device."""
