@@ -12,6 +12,12 @@ recipe's class mix: real digits in the proportions of its samples' classes), a m
 row of samples per family, one row per digit for the conditional models, and a table, all in
 `--output` (docs/results/mnist_league/). The timing of every step is the wall clock of its command,
 with the machine's load beside it.
+
+Every recipe that ran is archived in `--output`/runs/<recipe>/ (report.archive_run: its metrics.json, its fit's
+curves and last sample grid, and the predicted samples), and runs.json points there, so the league can be
+re-compared (`--only` alone) from the repository on any machine. A row whose evidence is missing (runs.json from
+before the archive, whose run folders were on another machine) keeps its line of the previous table, marked as
+carried, and stays out of the figures until the recipe runs again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +61,37 @@ def recipe_class(config: Path) -> type | None:
     from gen_lightning.cli import model_class
 
     return model_class(SimpleNamespace(class_path=yaml.safe_load(config.read_text())["model"]["class_path"]))
+
+
+def archive(row: dict, output: Path) -> dict:
+    """Copy a finished row's evidence into output/runs/<recipe>/ (module docstring); its paths become relative to output."""
+    from gen_lightning.report import archive_run
+
+    dest = archive_run(Path(row["metrics_json"]).parent, output / "runs" / row["name"])
+    row = dict(row, run_dir=row["metrics_json"], metrics_json=str((dest / "metrics.json").relative_to(output)))
+    if row.get("samples"):
+        shutil.copyfile(row["samples"], dest / "samples.pt")
+        row["samples"] = str((dest / "samples.pt").relative_to(output))
+    return row
+
+
+def evidence(row: dict, key: str, output: Path) -> Path | None:
+    """The row's file `key` ("metrics_json", "samples"), relative paths read from `output`; None when it is gone."""
+    if not row.get(key):
+        return None
+    path = Path(row[key]) if Path(row[key]).is_absolute() else output / row[key]
+    return path if path.is_file() else None
+
+
+def carried_lines(readme: Path) -> dict[str, str]:
+    """The previous table's line of each recipe, from the league README (for rows whose evidence is gone)."""
+    lines = {}
+    for line in readme.read_text().splitlines() if readme.is_file() else []:
+        cells = line.split("|")
+        name = cells[1].strip().removesuffix(" (carried)") if line.startswith("| ") and len(cells) > 2 else ""
+        if name.endswith("_mnist"):
+            lines[name] = line
+    return lines
 
 
 def newest_metrics(workdir: Path, name: str) -> Path | None:
@@ -124,19 +162,19 @@ class RealDigits:
         return sum(fids) / len(fids)
 
 
-def mosaic(rows: list[dict], path: Path) -> None:
+def mosaic(rows: list[dict], path: Path, output: Path) -> None:
     """One row of 10 samples per recipe; for conditional ones, digits 0-9 in order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.get("samples")]
+    rows = [r for r in rows if evidence(r, "samples", output)]
     if not rows:
         return
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 0.95 * len(rows) + 0.3), squeeze=False)
     for ax, r in zip(axes[:, 0], rows):
-        saved = torch.load(r["samples"])
+        saved = torch.load(evidence(r, "samples", output))
         x = saved["samples"][:10]  # uint8 (10, 1, 28, 28); conditional: labels 0..9
         ax.imshow(torch.cat(list(x[:, 0]), dim=1).numpy(), cmap="gray", vmin=0, vmax=255)
         ax.set_ylabel(r["name"].removesuffix("_mnist"), rotation=0, ha="right", va="center", fontsize=8)
@@ -153,9 +191,9 @@ def digit_grids(rows: list[dict], output: Path) -> list[Path]:
 
     written = []
     for r in rows:
-        if not r.get("samples"):
+        if not evidence(r, "samples", output):
             continue
-        saved = torch.load(r["samples"])
+        saved = torch.load(evidence(r, "samples", output))
         if saved["labels"] is None:
             continue
         x, y = saved["samples"], saved["labels"]
@@ -166,14 +204,19 @@ def digit_grids(rows: list[dict], output: Path) -> list[Path]:
     return written
 
 
-def league_table(rows: list[dict], real: RealDigits, num_samples: int) -> list[str]:
+def league_table(rows: list[dict], real: RealDigits, num_samples: int, output: Path) -> list[str]:
     header = ("| recipe | classifier FID (1,000 samples; floor {:.2f}) | real digits in the samples' class mix | "
               "classes covered | label accuracy | within-class diversity (min / mean) | NLL | fit minutes | "
               "gen test seconds | sampling ms/img |").format(real.floor(num_samples))
     lines = [header, "|" + "---|" * 10]
+    carried = carried_lines(output / "README.md")
     for r in rows:
-        found = r.get("metrics_json") and Path(r["metrics_json"]).is_file()  # an earlier run's folder may be gone
-        m = json.loads(Path(r["metrics_json"]).read_text()) if found else {"metrics": {}}
+        found = evidence(r, "metrics_json", output)  # an earlier run's folder may be gone
+        if not found and r["name"] in carried:
+            cells = carried[r["name"]].split("|")
+            lines.append("|".join([cells[0], f" {r['name']} (carried) ", *cells[2:]]))
+            continue
+        m = json.loads(found.read_text()) if found else {"metrics": {}}
         mm = m["metrics"]
 
         def get(key, fmt="{:.2f}"):
@@ -201,6 +244,11 @@ def league_table(rows: list[dict], real: RealDigits, num_samples: int) -> list[s
                  f"predicted class. It reads as a share of the FID only where the samples are recognizable digits; where "
                  f"they are not (NADE, MADE, the flows) the classifier piles them into a few classes and the column can "
                  f"exceed the FID itself.")
+    if any("(carried)" in line for line in lines):
+        lines.append("")
+        lines.append("Rows marked (carried) keep their line of the previous table: their run folders (metrics.json, curves, "
+                     "samples) were on an earlier machine, before the league archived its runs in runs/, and are gone. "
+                     "They are left out of gen compare's figures and the mosaic until the recipe runs again.")
     return lines
 
 
@@ -223,17 +271,18 @@ def main() -> None:
     started, load = time.perf_counter(), os.getloadavg()[0]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         ran = list(pool.map(lambda c: run_recipe(c, workdir, Path(args.data_root), threads, args.skip_fit), configs))
+    ran = [archive(r, output) if r.get("metrics_json") else r for r in ran]
     # the league is every recipe with a finished test, whether it ran now or in an earlier call (--only)
     earlier = json.loads((output / "runs.json").read_text()) if (output / "runs.json").is_file() else []
     by_name = {r["name"]: r for r in earlier} | {r["name"]: r for r in ran}
     rows = [by_name[c.stem] for c in every if c.stem in by_name and by_name[c.stem].get("metrics_json")]
     (output / "runs.json").write_text(json.dumps(rows, indent=2) + "\n")
 
-    tested = [str(Path(r["metrics_json"]).parent) for r in rows if r.get("metrics_json")]
+    tested = [str(evidence(r, "metrics_json", output).parent) for r in rows if evidence(r, "metrics_json", output)]
     if tested:
         subprocess.call([sys.executable, "-m", "gen_lightning.cli", "compare", *tested, "--output", str(output)])
     real = RealDigits(Path(args.data_root))
-    mosaic(rows, output / "mosaic.png")
+    mosaic(rows, output / "mosaic.png", output)
     digit_grids(rows, output)
     lines = [
         "# The MNIST league (CPU tier)",
@@ -241,7 +290,7 @@ def main() -> None:
         f"`python benchmarks/mnist_league.py --jobs {args.jobs}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
         f"load average {load:.1f} at the start; {(time.perf_counter() - started) / 60:.0f} minutes in all.",
         "",
-        *league_table(rows, real, 1000),
+        *league_table(rows, real, 1000, output),
         "",
         "![one row of samples per recipe](mosaic.png)",
         "",

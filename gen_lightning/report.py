@@ -4,7 +4,9 @@
 
 A run is a directory holding the metrics.json that `gen test` wrote. Its training curves
 come from the TensorBoard events of the fit that made its checkpoint, and its sample grid
-from that fit's `samples/` folder.
+from that fit's `samples/` folder. `archive_run` copies a run into a folder of its own that
+holds all three (metrics.json, curves.json, samples.png), which `gen compare` reads the same
+way once the fit's folder is gone (the MNIST league keeps its rows so, in docs/).
 
 Normalization (stated on the figures, and in docs/):
   - each metric is min-max scaled across the compared runs to [0, 1], with 1 the best run;
@@ -23,6 +25,7 @@ import csv
 import glob
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,15 +84,49 @@ def read_curves(log_dir: Path | None) -> dict[str, tuple[list[int], list[float]]
     return curves
 
 
-def load_run(path: Path) -> Run:
-    report = json.loads((path / "metrics.json").read_text())
+ARCHIVED_CURVES, ARCHIVED_GRID = "curves.json", "samples.png"
+
+
+def fit_dir_of(path: Path, report: dict) -> Path | None:
+    """The folder of the fit that made the checkpoint a test run `path` (with its metrics.json `report`) scored."""
     fit_dir = report.get("trained", {}).get("fit_log_dir")
     fit_dir = Path(fit_dir) if fit_dir else None
     if fit_dir is not None and not fit_dir.is_absolute() and not fit_dir.is_dir():
         # relative to where `gen fit` ran, an ancestor of this test run's directory (logger names may hold a
         # slash, as the league's cpu/<recipe> does, so the depth is not fixed)
         fit_dir = next((p / fit_dir for p in path.resolve().parents if (p / fit_dir).is_dir()), fit_dir)
+    return fit_dir
+
+
+def last_grid(fit_dir: Path | None) -> Path | None:
     grids = sorted((fit_dir / "samples").glob("*.png")) if fit_dir and (fit_dir / "samples").is_dir() else []
+    return grids[-1] if grids else None
+
+
+def archive_run(path: Path, dest: Path) -> Path:
+    """Copy the test run `path` into `dest`: its metrics.json, its fit's curves as curves.json and its fit's last
+    sample grid as samples.png, so that `gen compare dest` reads the same run after the fit's folder is gone."""
+    report = json.loads((path / "metrics.json").read_text())
+    fit_dir = fit_dir_of(path, report)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    curves = read_curves(fit_dir) if fit_dir is not None and fit_dir.is_dir() else {}
+    (dest / ARCHIVED_CURVES).write_text(json.dumps({tag: {"steps": s, "values": v} for tag, (s, v) in curves.items()}) + "\n")
+    grid = last_grid(fit_dir)
+    if grid is not None:
+        shutil.copyfile(grid, dest / ARCHIVED_GRID)
+    return dest
+
+
+def load_run(path: Path) -> Run:
+    report = json.loads((path / "metrics.json").read_text())
+    fit_dir = fit_dir_of(path, report)
+    if (path / ARCHIVED_CURVES).is_file():  # an archived run (archive_run): everything in its own folder
+        saved = json.loads((path / ARCHIVED_CURVES).read_text())
+        curves = {tag: (c["steps"], c["values"]) for tag, c in saved.items()}
+        grid = path / ARCHIVED_GRID if (path / ARCHIVED_GRID).is_file() else None
+    else:
+        curves, grid = read_curves(fit_dir), last_grid(fit_dir)
     training = report.get("training", {})
     stability = training.get("stability", {})
     metrics = {k.removeprefix("test/"): v for k, v in report["metrics"].items()}
@@ -106,7 +143,7 @@ def load_run(path: Path) -> Run:
     if report.get("untrained"):
         name += " (untrained)"  # `gen test --allow_untrained`: a reference point, not a trained model
     return Run(name, path, report["model"].rsplit(".", 1)[-1], report["data"].get("dataset", "?"), metrics, info,
-               read_curves(fit_dir), grids[-1] if grids else None)  # fmt: skip
+               curves, grid)  # fmt: skip
 
 
 def expand(patterns: list[str]) -> list[Path]:

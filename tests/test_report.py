@@ -101,3 +101,24 @@ def test_runs_of_different_datasets_are_not_ranked_together(tmp_path, capsys):
     make_run(logs, "gan_gmm", "GAN", {"modes_covered": 25}, 0.3, 0.02, "GMM-grid25")
     with pytest.raises(SystemExit, match=r"one dataset at a time, got 2 \(GMM-grid25: gan_gmm; GMM-ring8: vae_gmm\)"):
         main(["compare", str(logs / "*" / "version_1"), "--output", str(tmp_path / "out")])
+
+
+def test_an_archived_run_compares_as_the_original_after_its_fit_folder_is_gone(tmp_path):
+    import shutil
+
+    from gen_lightning.report import archive_run, load_run, quality_against_minutes
+
+    logs = tmp_path / "lightning_logs"
+    path = make_run(logs, "ddpm_mnist", "DDPM", {"classifier_fid": 12.5}, 0.2, 90.0, "MNIST", {860: (7.0, 40.0), 1720: (14.0, 20.0)})
+    original = load_run(path)
+    dest = archive_run(path, tmp_path / "docs" / "runs" / "ddpm_mnist")
+    shutil.rmtree(logs)  # the fit's folder and the test run are gone: only the archive is left
+    archived = load_run(dest)
+    assert archived.name == "ddpm_mnist" and archived.metrics == original.metrics and archived.info == original.info
+    assert archived.curves == original.curves and set(archived.curves) == {"train/loss", "val/loss", "val/fit_minutes",
+                                                                           "val/classifier_fid"}
+    assert quality_against_minutes(archived) == ([7.0, 14.0], [40.0, 20.0])
+    assert archived.sample_grid == dest / "samples.png" and archived.sample_grid.stat().st_size > 0
+    out = tmp_path / "compare"
+    main(["compare", str(dest), "--output", str(out)])
+    assert list(csv.DictReader((out / "compare.csv").open()))[0]["classifier_fid"] == "12.5"

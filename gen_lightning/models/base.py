@@ -123,10 +123,12 @@ class GenerativeModel(DivergenceGuard):
                 raise ConfigError(f"the {name} has num_classes={have} but {type(self).__name__} on {dm.dataset_name} "
                                   f"needs {want}; {fix}")
 
-    def probe_time_net(self, net: torch.nn.Module, shape: tuple[int, ...]) -> None:
-        """One dummy pass of a time-conditioned net (UNet, DenoiserMLP) at t = 0, which must map data to data's shape."""
+    def probe_time_net(self, net: torch.nn.Module, shape: tuple[int, ...], labelled: bool | None = None) -> None:
+        """One dummy pass of a time-conditioned net (UNet, DenoiserMLP) at t = 0, which must map data to data's shape;
+        with labels when `labelled` (by default: when the model is conditional)."""
         x, t = torch.zeros(2, *shape, device=self.device), torch.zeros(2, device=self.device)
-        labels = torch.zeros(2, dtype=torch.long, device=self.device) if self.conditional else None
+        labelled = self.conditional if labelled is None else labelled
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if labelled else None
         out = self.probe(net, lambda: net(x, t, labels), f"the net cannot read data of shape {shape_text(shape)}",
                          "set its in_channels/image_size (UNet) or dim (DenoiserMLP)")
         if tuple(out.shape) != (2, *shape):
@@ -177,10 +179,10 @@ class GenerativeModel(DivergenceGuard):
             raise ConfigError(f"guidance_scale {guidance_scale} needs the unconditional model, which label_dropout > 0 trains; "
                               "set label_dropout (0.1 in Ho & Salimans 2022) or guidance_scale: 1.0")
 
-    def drop_labels(self, y: torch.Tensor, label_dropout: float) -> torch.Tensor:
-        """Each label replaced by the null token `num_classes` with probability `label_dropout`."""
+    def drop_labels(self, y: torch.Tensor, label_dropout: float, null_label: int | None = None) -> torch.Tensor:
+        """Each label replaced by the null token (by default `num_classes`) with probability `label_dropout`."""
         drop = torch.rand(y.shape, device=y.device) < label_dropout
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return torch.where(drop, torch.full_like(y, self.num_classes if null_label is None else null_label), y)
 
     # ---- what the model declares to the evaluation callbacks ---------------------------
     # Read by callbacks (DensityMetrics, MetricsWriter); computed from the config and the bound data, never

@@ -41,6 +41,7 @@ from gen_lightning import losses
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, check_lr_schedule, eval_mode
+from gen_lightning.models.self_conditioning import SelfConditioning
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
 from gen_lightning.samplers.ode import ddpm_ode_log_prob
 from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction
@@ -143,18 +144,27 @@ class DDPM(GenerativeModel):
             return ddpm_ode_log_prob(denoiser, x, steps, probes, generator)
 
     # ---- sampling -----------------------------------------------------------------------
+    @property
+    def null_label(self) -> int | None:
+        """The net's "no label" token, which guidance and label dropout use: none for the unconditional model."""
+        return self.num_classes if self.conditional else None
+
     def denoiser(self, labels: torch.Tensor | None) -> Denoiser:
         """The net as the samplers see it: parameterization, clipping and (for ConditionalDDPM) guidance."""
         clip = self.value_range if self.sampler.clip_x0 else None
-        null = self.num_classes if self.conditional else None
-        return Denoiser(self.net, self.schedule.to(self.device), self.prediction, labels, self.guidance_scale, null, clip)
+        return Denoiser(self.net, self.schedule.to(self.device), self.prediction, labels, self.guidance_scale,
+                        self.null_label, clip)
+
+    def sampling_labels(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The labels the net samples with: the caller's (checked); SelfGuidedDDPM draws clusters."""
+        return labels
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
                return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """n samples `(n, *data_shape)` by the injected sampler, in eval mode, x_T drawn with `generator`; with
         `return_trajectory`, also x_T and x after each step, `(S + 1, n, *data_shape)` on the CPU."""
-        labels = self.check_sample_args(n, labels)
+        labels = self.sampling_labels(n, self.check_sample_args(n, labels), generator)
         with eval_mode(self.net):
             out = self.sampler.sample(self.denoiser(labels), (n, *self.data_shape), generator, return_trajectory, device=self.device)
         return self.clamped(out, return_trajectory)
@@ -229,3 +239,77 @@ class ConditionalDDPM(DDPM):
 
     def heldout_labels(self, y: torch.Tensor) -> torch.Tensor:
         return y
+
+
+class SelfGuidedDDPM(SelfConditioning, ConditionalDDPM):
+    """An unconditional DDPM trained and guided as a conditional one on k-means clusters of the data ("Self-Guided
+    Diffusion Models", Hu et al. 2023; models/self_conditioning.py).
+
+    When a fit starts, k-means splits `cluster_images` training examples into `num_clusters` clusters of their pixels;
+    the net (a UNet with `num_classes: num_clusters`, whose label `num_clusters` is the null token) trains on each
+    example's nearest cluster with label dropout, as ConditionalDDPM trains on classes, and each sample draws a cluster
+    in proportion to the clusters' sizes and is guided towards it (`guidance_scale` as in ConditionalDDPM: 1 the
+    cluster-conditional model, > 1 guided, 0 the null-label model alone). No dataset label is read: `sample(n)` takes
+    none, and the model reports as unconditional. `val/loss` and `test/loss` are the cluster-conditional loss;
+    `ode_log_prob` is the density of the net's null-label (unconditional) model, the one label dropout trains, since the
+    guided sampler's distribution has no tractable density.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_clusters: int = 200,
+        cluster_images: int = 20000,
+        cluster_seed: int = 0,
+        schedule: NoiseSchedule | None = None,
+        sampler: DiffusionSampler | None = None,
+        prediction: Prediction = "eps",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_warmup_steps: int = 0,
+        vlb_bpd: bool = False,
+        dequantize: bool = False,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
+        predict_seed: int = 1234,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        snr_gamma: float | None = None,
+    ):
+        super().__init__(net, schedule, sampler, prediction, optimizer, lr_warmup_steps, vlb_bpd, dequantize, label_dropout,
+                         guidance_scale, predict_seed, lr_schedule, snr_gamma)
+        self.init_self_conditioning(num_clusters, cluster_images, cluster_seed)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_clusters
+
+    def clustered(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch with each example's cluster in place of its dataset label."""
+        return batch[0], self.labels_of(batch[0])
+
+    def training_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return self.drop_labels(y, self.label_dropout, self.null_label)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return super().training_step(self.clustered(batch), batch_idx)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        super().validation_step(self.clustered(batch), batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        super().test_step(self.clustered(batch), batch_idx)
+
+    def sampling_labels(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        return self.draw_clusters(n, generator)
+
+    def ode_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 100, probes: int | None = 1,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) (B,) of the null-label model (class docstring); `labels` must be None (the model is unconditional)."""
+        self.check_labels(labels)
+        null = torch.full((x.shape[0],), self.null_label, dtype=torch.long)
+        return super().ode_log_prob(x, null, steps, probes, generator)
+
+    def check_data(self, dm) -> None:
+        self.require_symmetric_range(dm, "diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0)")
+        self.check_dequantize(dm, self.dequantize)
+        self.check_cluster_net("net", self.net)
+        self.probe_time_net(self.net, tuple(dm.data_shape), labelled=True)

@@ -38,10 +38,10 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from gen_lightning import losses
-from gen_lightning.clustering import kmeans, nearest
 from gen_lightning.errors import ConfigError, check_rules
 from gen_lightning.metrics.two_sample import energy_distance
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
+from gen_lightning.models.self_conditioning import SelfConditioning
 
 Loss = Literal["bce", "hinge", "wgan-gp"]
 
@@ -293,21 +293,16 @@ class ConditionalGAN(GAN):
     conditional = True
 
 
-class SelfConditionedGAN(GAN):
+class SelfConditionedGAN(SelfConditioning, GAN):
     """An unconditional GAN trained as a conditional one on clusters of the data (Liu et al. 2020, "Diverse Image
     Generation via Self-Conditioned GANs"): the class conditioning that keeps a cGAN from dropping modes, without labels.
 
-    When a fit starts (and not when it resumes: the clusters are saved in the checkpoint), k-means (gen_lightning/
-    clustering.py) splits `cluster_images` training examples, drawn with `cluster_seed`, into `num_clusters` clusters of
-    their flattened values (pixels). Each training example is then labelled with its nearest centre; G(z, c) and D(x, c)
-    train as in ConditionalGAN (networks with `num_classes: num_clusters`), and sampling draws c in proportion to the
-    clusters' sizes, so every cluster, and with it every mode the clusters separate, keeps its share of the samples. No
-    dataset label is read: `sample(n)` takes none, and the model reports as unconditional. The paper clusters D's
-    features and re-clusters during training; these clusters are fixed, from pixels (on MNIST, 50 k-means clusters of
-    20,000 digits hold 80% of their digits in their majority class: docs/results/mnist_league.md).
+    When a fit starts, k-means splits `cluster_images` training examples into `num_clusters` clusters of their pixels
+    (models/self_conditioning.py); G(z, c) and D(x, c) train on each example's nearest cluster as in ConditionalGAN
+    (networks with `num_classes: num_clusters`), and sampling draws c in proportion to the clusters' sizes. No dataset
+    label is read: `sample(n)` takes none, and the model reports as unconditional. The paper clusters D's features and
+    re-clusters during training; these clusters are fixed, from pixels.
     """
-
-    conditional = False  # to callers: no labels in, none out
 
     def __init__(
         self,
@@ -329,88 +324,20 @@ class SelfConditionedGAN(GAN):
         predict_seed: int = 1234,
         mode_seeking: float = 0.0,
     ):
-        check_rules([
-            (num_clusters >= 1, f"num_clusters must be >= 1, got {num_clusters}"),
-            (cluster_images >= num_clusters, f"cluster_images ({cluster_images}) must be >= num_clusters ({num_clusters}): "
-                                             "k-means needs at least one example a cluster"),
-        ])
         super().__init__(generator, discriminator, latent_dim, g_optimizer, d_optimizer, g_scheduler, d_scheduler, loss,
                          n_critic, gp_weight, r1_gamma, real_label, predict_seed, mode_seeking)
-        self.num_clusters, self.cluster_images, self.cluster_seed = num_clusters, cluster_images, cluster_seed
-        # plain tensors, not buffers: their shape is known only once the data is, and EMA must not average them;
-        # they travel in the checkpoint under "self_conditioning"
-        self.cluster_centers: torch.Tensor | None = None  # (num_clusters, D), flattened examples
-        self.cluster_sizes: torch.Tensor | None = None  # (num_clusters,) training examples of each, in the k-means subset
+        self.init_self_conditioning(num_clusters, cluster_images, cluster_seed)
 
     @property
     def networks_take_labels(self) -> bool:
         return True
 
     def check_gan_net_classes(self, dm) -> None:
-        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
-            have = getattr(net, "num_classes", None)
-            if have != self.num_clusters:
-                raise ConfigError(f"the {name} has num_classes={have} but SelfConditionedGAN conditions it on "
-                                  f"{self.num_clusters} clusters; set model.init_args.{name}.init_args.num_classes: "
-                                  f"{self.num_clusters} (or num_clusters: {have})")
-
-    # ---- the clusters -------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        if self.cluster_centers is None:  # a resumed fit has its clusters from the checkpoint
-            self.fit_clusters(self.trainer.datamodule)
-
-    @torch.no_grad()
-    def fit_clusters(self, dm) -> None:
-        """k-means on `cluster_images` training examples of the DataModule `dm`, converted as the model sees them."""
-        ds = dm.split("train")
-        g = torch.Generator().manual_seed(self.cluster_seed)
-        idx = torch.randperm(len(ds), generator=g)[: self.cluster_images]
-        x, _ = ds.__getitems__(idx.tolist())
-        if x.dtype == torch.uint8:  # images are stored as bytes and converted per batch (data/base.py)
-            x = dm.convert(x, train=False)
-        if x.shape[0] < self.num_clusters:
-            raise ConfigError(f"num_clusters={self.num_clusters} but the training split has {x.shape[0]} examples; "
-                              "lower num_clusters")
-        centers, assign = kmeans(x.flatten(1).to(self.device), self.num_clusters,
-                                 generator=torch.Generator(device=self.device).manual_seed(self.cluster_seed))
-        self.cluster_centers, self.cluster_sizes = centers, torch.bincount(assign, minlength=self.num_clusters)
-
-    def require_clusters(self) -> None:
-        if self.cluster_centers is None:
-            raise ConfigError("this SelfConditionedGAN has no clusters yet: they are fitted when `gen fit` starts; "
-                              "fit it, or load a checkpoint of a fitted one (--ckpt_path)")
-
-    def labels_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The cluster of each example: its nearest centre (the dataset's labels y are never read)."""
-        self.require_clusters()
-        if self.cluster_centers.device != x.device:  # once, not every step (a checkpoint loads them on the CPU)
-            self.cluster_centers = self.cluster_centers.to(x.device)
-        return nearest(x.flatten(1).float(), self.cluster_centers)
-
-    def draw_clusters(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n clusters drawn in proportion to their sizes, `(n,)` on the model's device."""
-        self.require_clusters()
-        weights = self.cluster_sizes.to(self.device, torch.float)
-        return torch.multinomial(weights, n, replacement=True, generator=generator)
+        self.check_cluster_net("generator", self.generator)
+        self.check_cluster_net("discriminator", self.discriminator)
 
     def eval_labels(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.draw_clusters(x.shape[0], generator)
 
     def sampling_labels(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
         return self.draw_clusters(n, generator)
-
-    # ---- checkpoints --------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.cluster_centers is not None:
-            checkpoint["self_conditioning"] = {"centers": self.cluster_centers.cpu(), "sizes": self.cluster_sizes.cpu()}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("self_conditioning")
-        if saved is None:
-            return
-        if saved["centers"].shape[0] != self.num_clusters:
-            raise ConfigError(f"the checkpoint has {saved['centers'].shape[0]} clusters but the model is configured with "
-                              f"num_clusters: {self.num_clusters}; use the config that trained it")
-        self.cluster_centers, self.cluster_sizes = saved["centers"], saved["sizes"]

@@ -175,3 +175,133 @@ def test_lr_schedule_warms_up_then_holds_or_decays_over_the_fits_steps(schedule,
 def test_lr_schedule_must_be_constant_or_cosine():
     with pytest.raises(ConfigError, match="lr_schedule must be 'constant' or 'cosine', got 'linear'"):
         _mlp_model(lr_schedule="linear")
+
+
+# ---- the self-guided DDPM ------------------------------------------------------------------
+class ClusterOracle(torch.nn.Module):
+    """The exact eps of data made of isotropic Gaussians N(centers[c], s^2): given a cluster c, E[eps | x_t, c] of its
+    Gaussian; given the null label K, E[eps | x_t] of the mixture weighted by `weights` (tests/samplers/test_ddpm_ddim.py
+    has the same closed forms). Records the labels of every call."""
+
+    def __init__(self, schedule, centers, s, weights):
+        super().__init__()
+        self.schedule, self.centers, self.s2, self.weights = schedule, centers, s * s, weights / weights.sum()
+        self.num_classes, self.seen = centers.shape[0], []
+
+    def forward(self, xt, t, labels=None):
+        self.seen.append(labels)
+        ab = self.schedule.alpha_bar[self.schedule.step_of(t)][:, None, None]  # (B, 1, 1)
+        mu = ab.sqrt() * self.centers[None]  # (B, K, 2)
+        var = ab * self.s2 + 1 - ab
+        log_w = self.weights.log()[None] - ((xt[:, None] - mu) ** 2).sum(-1) / (2 * var[..., 0])  # (B, K)
+        post = torch.softmax(log_w, 1)  # p(c | x_t)
+        null = labels == self.num_classes
+        post = torch.where(null[:, None], post, torch.nn.functional.one_hot(labels.clamp(max=self.num_classes - 1),
+                                                                            self.num_classes).float())
+        score = (post[..., None] * -(xt[:, None] - mu) / var).sum(1)
+        return -(1 - ab[:, 0, 0, None]).sqrt() * score
+
+
+def _self_guided(num_clusters=8, guidance_scale=1.0, **kw):
+    from gen_lightning.models.diffusion import SelfGuidedDDPM
+
+    net = DenoiserMLP(dim=2, hidden=32, depth=2, time_embed_dim=16, num_classes=num_clusters)
+    return SelfGuidedDDPM(net, num_clusters=num_clusters, cluster_images=512, schedule=LinearSchedule(),
+                          sampler=DDIMSampler(50), guidance_scale=guidance_scale, **kw)
+
+
+def _ring8():
+    from gen_lightning.data import GMMDataModule
+
+    return GMMDataModule(preset="ring8", n_train=1024, n_val=128, n_test=128, batch_size=64)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_self_guided_ddpm_samples_land_in_the_clusters_they_draw(guidance_scale):
+    """With the exact conditional eps of each ring8 cluster (its centre, std 0.02), every sample ends in the cluster
+    the model drew for it, guided or not, and the clusters come in proportion to their sizes; the null label is used
+    only for guidance (two passes a step)."""
+    dm = _ring8()
+    dm.setup("fit")
+    model = _self_guided(guidance_scale=guidance_scale)
+    model.bind_data(dm)
+    model.fit_clusters(dm)
+    oracle = ClusterOracle(model.schedule, model.cluster_centers, 0.02, model.cluster_sizes.float())
+    model.net = oracle
+    x = model.sample(800, generator=torch.Generator().manual_seed(0))
+    drawn = model.draw_clusters(800, torch.Generator().manual_seed(0))  # what sample() drew with that generator
+    cond = [labels for labels in oracle.seen if not (labels == 8).all()]
+    assert len(cond) == 50 and all(torch.equal(labels, drawn) for labels in cond)  # the same clusters every step
+    assert len(oracle.seen) == (100 if guidance_scale != 1.0 else 50)
+    assert model.network_evaluations_per_sample == len(oracle.seen)
+    assert torch.equal(model.labels_of(x), drawn)
+    dist = (x - model.cluster_centers[drawn]).norm(dim=1) / 0.02
+    assert (dist < 3).float().mean() > 0.97
+    torch.testing.assert_close(torch.bincount(drawn, minlength=8) / 800.0,
+                               model.cluster_sizes / model.cluster_sizes.sum(), atol=0.05, rtol=0)
+
+
+class LabelSpy(torch.nn.Module):
+    """Wraps a conditional net and records the labels it is called with."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.num_classes, self.seen = net, net.num_classes, []
+
+    def forward(self, xt, t, labels=None):
+        self.seen.append(labels)
+        return self.net(xt, t, labels)
+
+
+def test_self_guided_ddpm_trains_on_clusters_with_dropout_and_never_reads_labels(tmp_path):
+    """Training and held-out batches reach the net as clusters (dropout to the null token in training only), the
+    dataset's labels unread; the clusters survive a checkpoint; the ODE likelihood is the null-label model's."""
+    import lightning as L
+
+    from gen_lightning.data import GMMDataModule
+    from gen_lightning.models.diffusion import SelfGuidedDDPM
+
+    class Unlabeled(GMMDataModule):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return batch[0], torch.full_like(batch[1], 10**6)
+
+    dm = Unlabeled(preset="ring8", n_train=1024, n_val=128, n_test=128, batch_size=256)
+    model = _self_guided(label_dropout=0.5)
+    model.net = spy = LabelSpy(model.net)
+    trainer = L.Trainer(max_steps=8, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=4, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    # the data check's probe (labelled), 8 training steps and one validation batch after steps 4 and 8
+    assert len(spy.seen) == 11 and torch.equal(spy.seen[0], torch.zeros(2, dtype=torch.long))
+    train = torch.cat(spy.seen[1:5] + spy.seen[6:10])
+    assert train.max() == 8 and train.min() >= 0  # clusters and the null token, never 10**6
+    assert 0.4 < (train == 8).float().mean() < 0.6  # label_dropout 0.5 over 2,048 labels
+    val_x = dm.split("val").__getitems__(list(range(128)))[0]
+    assert torch.equal(spy.seen[5], model.labels_of(val_x)) and torch.equal(spy.seen[10], spy.seen[5])  # no dropout
+    spy.seen.clear()
+    model.ode_log_prob(val_x[:4], steps=4)
+    assert spy.seen and all(torch.equal(labels, torch.full((4,), 8)) for labels in spy.seen)
+    with pytest.raises(ConfigError, match="unconditional"):
+        model.ode_log_prob(val_x[:4], labels=torch.zeros(4, dtype=torch.long))
+    ckpt = tmp_path / "sg.ckpt"
+    model.net = spy.net  # as configured (the hyperparameters hold the unwrapped net)
+    trainer.save_checkpoint(ckpt)
+    loaded = SelfGuidedDDPM.load_from_checkpoint(ckpt, weights_only=False)  # hparams hold the net: a test-made file
+    torch.testing.assert_close(loaded.cluster_centers, model.cluster_centers)
+    torch.testing.assert_close(loaded.sample(6, generator=torch.Generator().manual_seed(1)),
+                               model.sample(6, generator=torch.Generator().manual_seed(1)))
+
+
+def test_self_guided_ddpm_refusals():
+    model = _self_guided()
+    with pytest.raises(ConfigError, match="no clusters yet"):
+        model.bind_data(_ring8()) or model.sample(4)
+    with pytest.raises(ConfigError, match="unconditional"):
+        model.sample(4, labels=torch.zeros(4, dtype=torch.long))
+    from gen_lightning.models.diffusion import SelfGuidedDDPM
+
+    wrong = SelfGuidedDDPM(DenoiserMLP(dim=2, hidden=8, depth=1, time_embed_dim=8, num_classes=8), num_clusters=5)
+    with pytest.raises(ConfigError, match=r"the net has num_classes=8 but SelfGuidedDDPM conditions it on 5 clusters"):
+        wrong.bind_data(_ring8())
+    with pytest.raises(ConfigError, match="needs the unconditional model"):
+        _self_guided(label_dropout=0.0, guidance_scale=2.0)
