@@ -61,6 +61,7 @@ from gen_lightning import losses
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, eval_mode, shape_text
+from gen_lightning.models.self_conditioning import SelfConditioning
 from gen_lightning.samplers.langevin import AnnealedLangevin, NoiseConditionalScore
 from gen_lightning.samplers.ode import ODESampler, ode_log_prob, standard_normal_log_prob
 from gen_lightning.samplers.sigmas import GeometricSigmas
@@ -75,6 +76,7 @@ class NCSN(GenerativeModel):
     divergence_advice = "Lower the learning rate"
 
     conditional = False
+    net_takes_labels = False  # SelfGuidedNCSN's net takes clusters
     sampling_options = ("predict_seed", "sampler")
 
     def __init__(
@@ -91,7 +93,7 @@ class NCSN(GenerativeModel):
         snr_gamma: float | None = None,
     ):
         super().__init__(predict_seed=predict_seed)
-        if getattr(net, "num_classes", None) is not None:
+        if getattr(net, "num_classes", None) is not None and not self.net_takes_labels:
             raise ConfigError(f"NCSN is unconditional but the net has num_classes={net.num_classes}; set its num_classes: null")
         if snr_gamma is not None and snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be > 0 (5 in Hang et al. 2023), or null for lambda(sigma) = sigma^2; got {snr_gamma}")
@@ -112,29 +114,43 @@ class NCSN(GenerativeModel):
         """t(sigma) = log(sigma / sigma_L) / log(sigma_1 / sigma_L): (B,) in [0, 1], the nets' continuous time."""
         return torch.log(sigma / self.sigmas.sigma_min) / math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)
 
-    def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """s_theta(x, sigma) = net(c x, t(sigma)) / sigma (NCSNv2 Technique 3), c = 1 / sqrt(1 + sigma^2) with
-        `scale_input`, else 1: `(B, *shape)`, sigma `(B,)`."""
+        `scale_input`, else 1: `(B, *shape)`, sigma `(B,)`; `labels` (B,) for a net that takes them."""
         sigma_b = sigma.view(-1, *([1] * (x.ndim - 1)))  # (B,) -> (B, 1, ...)
         net_in = x * torch.rsqrt(1 + sigma_b**2) if self.scale_input else x
-        return self.net(net_in, self.noise_t(sigma)) / sigma_b
+        out = self.net(net_in, self.noise_t(sigma)) if labels is None else self.net(net_in, self.noise_t(sigma), labels)
+        return out / sigma_b
 
-    def dsm(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The DSM loss of a batch, one noise level sigma ~ U{sigma_1..sigma_L} and one z ~ N(0, I) per example."""
+    def sampling_score(self, n: int, generator: torch.Generator | None):
+        """The score the samplers follow for a batch of n samples: `score(x, sigma)` (SelfGuidedNCSN: guided)."""
+        return self.score
+
+    def dsm(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The DSM loss of a batch, one noise level sigma ~ U{sigma_1..sigma_L} and one z ~ N(0, I) per example
+        (the score given `labels`, for a net that takes them)."""
         if self.dequantize:
             x0 = dequantize_in_range(x0, self.value_range, generator)
         levels = self.sigmas.to(x0.device)
         i = torch.randint(0, len(levels), (x0.shape[0],), device=x0.device, generator=generator)
         z = torch.randn(x0.shape, device=x0.device, generator=generator)
-        per_example = losses.dsm_loss(self.score, x0, levels[i], z)
+        score = self.score if labels is None else (lambda x, sigma: self.score(x, sigma, labels))
+        per_example = losses.dsm_loss(score, x0, levels[i], z)
         if self.snr_gamma is not None:  # Min-SNR-gamma: the VE chain's SNR is 1 / sigma^2, the loss an eps-prediction's
             per_example = per_example * (self.snr_gamma * levels[i].pow(2)).clamp(max=1.0)
         return per_example.mean()
 
     # ---- training ---------------------------------------------------------------------------
+    def training_labels(self, batch) -> torch.Tensor | None:
+        """The labels the net trains on: none for the NCSN (SelfGuidedNCSN: clusters with dropout)."""
+        return None
+
+    def heldout_labels(self, batch) -> torch.Tensor | None:
+        return None
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, _ = batch
-        loss = self.dsm(x0)
+        loss = self.dsm(x0, labels=self.training_labels(batch))
         self.log_step({"train/loss": loss})
         return loss
 
@@ -146,7 +162,7 @@ class NCSN(GenerativeModel):
     def held_out_loss(self, batch, batch_idx: int) -> torch.Tensor:
         x0, _ = batch
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        return self.dsm(x0, generator=g)
+        return self.dsm(x0, generator=g, labels=self.heldout_labels(batch))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log("val/loss", self.held_out_loss(batch, batch_idx), prog_bar=True, batch_size=batch[0].shape[0])
@@ -170,21 +186,22 @@ class NCSN(GenerativeModel):
         with eval_mode(self.net):
             return ode_log_prob(field, x.to(self.device), levels, lambda y: standard_normal_log_prob(y, hi**2), probes, generator)
 
-    def ode_sample(self, shape: tuple[int, ...], generator: torch.Generator | None, return_trajectory: bool):
+    def ode_sample(self, shape: tuple[int, ...], generator: torch.Generator | None, return_trajectory: bool, score=None):
         """The probability-flow ODE from x ~ N(0, sigma_1^2 I) at sigma_1 to sigma_L, in tau = log(sigma_1 / sigma) /
         log(sigma_1 / sigma_L) in [0, 1] (equal steps in tau are geometric in sigma): dx/dtau = sigma^2 log(sigma_1 /
         sigma_L) s(x, sigma). Then Tweedie's step x + sigma_L^2 s(x, sigma_L), as the Langevin sampler's `denoise`."""
         hi, lo = self.sigmas.sigma_max, self.sigmas.sigma_min
         log_ratio = math.log(hi / lo)
+        score = self.score if score is None else score
 
         def field(x: torch.Tensor, tau: float) -> torch.Tensor:
             sigma = hi * math.exp(-tau * log_ratio)
-            return sigma**2 * log_ratio * self.score(x, torch.full((x.shape[0],), sigma, device=x.device))
+            return sigma**2 * log_ratio * score(x, torch.full((x.shape[0],), sigma, device=x.device))
 
         x_init = hi * torch.randn(shape, generator=generator, device=self.device)
         out = self.sampler.sample(field, shape, x_init=x_init, return_trajectory=return_trajectory)
         x, trajectory = out if return_trajectory else (out, None)
-        x = x + lo**2 * self.score(x, torch.full((shape[0],), lo, device=x.device))
+        x = x + lo**2 * score(x, torch.full((shape[0],), lo, device=x.device))
         return (x, torch.cat([trajectory, x.cpu()[None]])) if return_trajectory else x
 
     # ---- sampling -----------------------------------------------------------------------
@@ -199,10 +216,11 @@ class NCSN(GenerativeModel):
         self.check_sample_args(n, labels)
         shape = (n, *self.data_shape)
         with eval_mode(self.net):
+            score = self.sampling_score(n, generator)
             if isinstance(self.sampler, ODESampler):
-                out = self.ode_sample(shape, generator, return_trajectory)
+                out = self.ode_sample(shape, generator, return_trajectory, score)
             else:
-                out = self.sampler.sample(NoiseConditionalScore(self.score, self.sigmas), shape, generator,
+                out = self.sampler.sample(NoiseConditionalScore(score, self.sigmas), shape, generator,
                                           return_trajectory, device=self.device)
         return self.clamped(out, return_trajectory)
 
@@ -230,3 +248,77 @@ class NCSN(GenerativeModel):
                          "summed over dimensions, one level sigma ~ U{sigmas} per example; noise seeded by batch index"),
             "sampler": f"{self.sampler!r} over {self.sigmas!r}: {self.network_evaluations_per_sample} network evaluations per sample{ode}",
         }
+
+
+class SelfGuidedNCSN(SelfConditioning, NCSN):
+    """An unconditional NCSN trained and guided as a conditional one on k-means clusters of its data (the
+    self-guidance of Hu et al. 2023, "Self-Guided Diffusion Models", on the score network; models/self_conditioning.py).
+
+    When a fit starts, k-means splits `cluster_images` training examples into `num_clusters` clusters of their pixels;
+    the net (`num_classes: num_clusters`; label `num_clusters` is the null token) learns the score given each example's
+    nearest cluster, the label dropped to the null token with probability `label_dropout`, and each sample draws a
+    cluster in proportion to the clusters' sizes and follows the guided score s_null + w (s_cluster - s_null)
+    (`guidance_scale` w: 1 the cluster's score, one pass; otherwise two). `score(x, sigma)` without labels is the
+    null-label (unconditional) score, so the probability-flow likelihood (`ode_log_prob`) is that model's density.
+    No dataset label is read; `sample(n)` takes none.
+    """
+
+    net_takes_labels = True
+    sampling_options = ("predict_seed", "sampler", "guidance_scale")
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sigmas: GeometricSigmas,
+        sampler: AnnealedLangevin | VEAncestralSampler | ODESampler,
+        num_clusters: int = 200,
+        cluster_images: int = 20000,
+        cluster_seed: int = 0,
+        label_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        dequantize: bool = False,
+        scale_input: bool = False,
+        predict_seed: int = 1234,
+        snr_gamma: float | None = None,
+    ):
+        super().__init__(net, sigmas, sampler, optimizer, scheduler, scheduler_interval, dequantize, scale_input,
+                         predict_seed, snr_gamma)
+        self.check_guidance(label_dropout, guidance_scale)
+        self.init_self_conditioning(num_clusters, cluster_images, cluster_seed)
+        self.check_cluster_net("net", net)
+        self.label_dropout, self.guidance_scale = label_dropout, guidance_scale
+
+    @property
+    def network_evaluations_per_sample(self) -> int:
+        per_score = 1 if self.guidance_scale == 1.0 else 2
+        if isinstance(self.sampler, ODESampler):
+            return (self.sampler.evaluations + 1) * per_score
+        return self.sampler.network_evaluations(self.sigmas) * per_score
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The score given `labels` (clusters); without them, the null label's: the unconditional model."""
+        if labels is None:
+            labels = torch.full((x.shape[0],), self.num_clusters, dtype=torch.long, device=x.device)
+        return super().score(x, sigma, labels)
+
+    def training_labels(self, batch) -> torch.Tensor:
+        return self.drop_labels(self.labels_of(batch[0]), self.label_dropout, self.num_clusters)
+
+    def heldout_labels(self, batch) -> torch.Tensor:
+        return self.labels_of(batch[0])
+
+    def sampling_score(self, n: int, generator: torch.Generator | None):
+        """The guided score of n samples, each with a cluster drawn in proportion to the clusters' sizes."""
+        labels, w = self.draw_clusters(n, generator), self.guidance_scale
+
+        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            cond = self.score(x, sigma, labels)
+            if w == 1.0:
+                return cond
+            null = self.score(x, sigma)
+            return null + w * (cond - null)
+
+        return guided

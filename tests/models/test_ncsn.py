@@ -230,3 +230,81 @@ def test_ode_sampler_with_the_oracle_maps_the_prior_draw_by_the_closed_form():
     torch.testing.assert_close(x, expected, atol=1e-4, rtol=3e-3)  # 2% at 50 steps, second order
     y, trajectory = model.sample(4, generator=torch.Generator().manual_seed(0), return_trajectory=True)
     assert trajectory.shape == (200 + 2, 4, 2) and torch.equal(trajectory[-1], y)
+
+
+# ---- the self-guided NCSN ------------------------------------------------------------------
+class ClusterScoreOracle(nn.Module):
+    """The optimal net for data made of Gaussians N(centers[c], s^2) blurred by sigma: given a cluster c,
+    sigma s = -sigma (x - centers[c]) / (s^2 + sigma^2); given the null label K, sigma times the mixture's score
+    (weights `weights`). Records the labels of every call."""
+
+    def __init__(self, sigmas, centers, s, weights):
+        super().__init__()
+        self.sigmas, self.centers, self.s2, self.weights = sigmas, centers, s * s, weights / weights.sum()
+        self.num_classes, self.seen = centers.shape[0], []
+
+    def forward(self, x, t, labels=None):
+        self.seen.append(labels)
+        sigma = (self.sigmas.sigma_min * torch.exp(t * math.log(self.sigmas.sigma_max / self.sigmas.sigma_min)))[:, None, None]
+        var = self.s2 + sigma**2  # (B, 1, 1)
+        diff = x[:, None] - self.centers[None]  # (B, K, 2)
+        post = torch.softmax(self.weights.log()[None] - (diff**2).sum(-1) / (2 * var[..., 0]), 1)  # p(c | x)
+        null = labels == self.num_classes
+        post = torch.where(null[:, None], post, nn.functional.one_hot(labels.clamp(max=self.num_classes - 1),
+                                                                      self.num_classes).float())
+        return (post[..., None] * -sigma * diff / var).sum(1)
+
+
+def self_guided_ncsn(num_clusters=8, **kwargs):
+    from gen_lightning.models.ncsn import SelfGuidedNCSN
+    from gen_lightning.samplers.ve_ancestral import VEAncestralSampler
+
+    sigmas = GeometricSigmas(sigma_max=6.0, sigma_min=0.01, num_levels=100)
+    net = DenoiserMLP(dim=2, hidden=32, depth=2, time_embed_dim=16, num_classes=num_clusters)
+    return SelfGuidedNCSN(net, sigmas, VEAncestralSampler(num_steps=40), num_clusters=num_clusters, cluster_images=512,
+                          **kwargs)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_self_guided_ncsn_samples_land_in_the_clusters_they_draw(guidance_scale):
+    """With the exact score of each ring8 cluster (its centre, std 0.02), VE ancestral sampling ends every sample in
+    the cluster the model drew for it, guided or not; the null label serves guidance only."""
+    dm = GMMDataModule(preset="ring8", n_train=1024, n_val=128, n_test=128, batch_size=128)
+    dm.setup()
+    model = self_guided_ncsn(guidance_scale=guidance_scale)
+    model.bind_data(dm)
+    model.fit_clusters(dm)
+    model.net = oracle = ClusterScoreOracle(model.sigmas, model.cluster_centers, 0.02, model.cluster_sizes.float())
+    x = model.sample(600, generator=torch.Generator().manual_seed(0))
+    drawn = model.draw_clusters(600, torch.Generator().manual_seed(0))  # what sample() drew with that generator
+    assert len(oracle.seen) == model.network_evaluations_per_sample == (41 if guidance_scale == 1.0 else 82)
+    assert all(torch.equal(labels, drawn) for labels in oracle.seen if not (labels == 8).all())
+    assert torch.equal(model.labels_of(x), drawn)
+    assert ((x - model.cluster_centers[drawn]).norm(dim=1) < 3 * 0.02).float().mean() > 0.97
+
+
+def test_self_guided_ncsn_trains_on_clusters_and_scores_the_null_label_by_default():
+    class Unlabeled(GMMDataModule):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return batch[0], torch.full_like(batch[1], 10**6)
+
+    dm = Unlabeled(preset="ring8", n_train=512, n_val=128, n_test=128, batch_size=256)
+    model = self_guided_ncsn(label_dropout=0.5)
+    seen = []
+    model.net.register_forward_pre_hook(lambda module, args: seen.append(args[2]))
+    L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+              num_sanity_val_steps=0, limit_val_batches=0).fit(model, datamodule=dm)
+    train = torch.cat(seen[1:])  # after the data check's probe, which scores the null label
+    assert torch.equal(seen[0], torch.full((2,), 8)) and train.numel() == 1024
+    assert train.max() == 8 and 0.4 < (train == 8).float().mean() < 0.6  # clusters, and the null token half the time
+    x = dm.split("val").__getitems__(list(range(8)))[0]
+    seen.clear()
+    model.ode_log_prob(x, steps=3)
+    assert seen and all(torch.equal(labels, torch.full((8,), 8)) for labels in seen)
+    from gen_lightning.models.ncsn import SelfGuidedNCSN
+
+    with pytest.raises(ConfigError, match="num_classes=8 but SelfGuidedNCSN conditions it on 5 clusters"):
+        SelfGuidedNCSN(DenoiserMLP(dim=2, hidden=8, depth=1, num_classes=8), GeometricSigmas(10.0, 0.02, 3),
+                       AnnealedLangevin(), num_clusters=5)
+    with pytest.raises(ConfigError, match="needs the unconditional model"):
+        self_guided_ncsn(label_dropout=0.0, guidance_scale=2.0)
