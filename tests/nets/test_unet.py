@@ -65,6 +65,18 @@ def test_unet_class_embedding_and_null_token():
         UNet(1, 28, channels=16, num_res_blocks=1)(x, torch.zeros(3), torch.zeros(3, dtype=torch.long))
 
 
+def test_unet_label_embedding_starts_at_the_asked_scale():
+    """label_embed_std sets the rows' initial spread (default 1, nn.Embedding's); 201 rows x 64 dims = 12,864 draws,
+    so the sample std is within 2% of its value."""
+    torch.manual_seed(0)
+    default = UNet(1, 28, channels=16, num_res_blocks=1, num_classes=200).class_embed.weight
+    small = UNet(1, 28, channels=16, num_res_blocks=1, num_classes=200, label_embed_std=0.02).class_embed.weight
+    assert default.shape == small.shape == (201, 64)
+    assert abs(default.std().item() - 1.0) < 0.02 and abs(small.std().item() - 0.02) < 0.0004
+    with pytest.raises(ConfigError, match="label_embed_std must be >= 0"):
+        UNet(1, 28, num_classes=10, label_embed_std=-1.0)
+
+
 def test_unet_config_errors():
     with pytest.raises(ConfigError, match="attention_resolutions"):
         UNet(1, 28, channel_mults=[1, 2, 2], attention_resolutions=[16])
