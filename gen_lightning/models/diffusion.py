@@ -43,7 +43,7 @@ from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, check_lr_schedule, eval_mode
 from gen_lightning.models.self_conditioning import SelfConditioning
 from gen_lightning.samplers.ddpm import DDPMSampler, DiffusionSampler
-from gen_lightning.samplers.ode import ddpm_ode_log_prob
+from gen_lightning.samplers.ode import autograd_ready, ddpm_ode_log_prob
 from gen_lightning.samplers.schedules import Denoiser, LinearSchedule, NoiseSchedule, Prediction
 from gen_lightning.samplers.vlb import vlb_bits_per_dim
 
@@ -138,7 +138,7 @@ class DDPM(GenerativeModel):
         """log p(x) per example (B,), nats, of continuous x by the probability-flow ODE (samplers/ode.ddpm_ode_log_prob:
         Heun on `steps` intervals of the timesteps, unclipped predictions, the conditional model for given labels).
         Used by callbacks.ODELikelihood."""
-        labels = None if labels is None else labels.to(self.device)
+        labels = autograd_ready(None if labels is None else labels.to(self.device))
         denoiser = Denoiser(self.net, self.schedule.to(self.device), self.prediction, labels)
         with eval_mode(self.net):
             return ddpm_ode_log_prob(denoiser, x, steps, probes, generator)

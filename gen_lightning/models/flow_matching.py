@@ -41,7 +41,8 @@ from torch import nn
 from gen_lightning.errors import ConfigError
 from gen_lightning.likelihoods import dequantize_in_range
 from gen_lightning.models.base import GenerativeModel, check_lr_schedule, eval_mode
-from gen_lightning.samplers.ode import EulerSampler, ODESampler, likelihood_grid, ode_log_prob, standard_normal_log_prob
+from gen_lightning.samplers.ode import (EulerSampler, ODESampler, autograd_ready, likelihood_grid, ode_log_prob,
+                                       standard_normal_log_prob)
 
 Coupling = Literal["independent", "ot"]
 
@@ -167,7 +168,7 @@ class FlowMatching(GenerativeModel):
         """log p(x) per example (B,), nats, of continuous x by the probability-flow ODE from t = 1 back to t = 0
         (Heun, `steps` steps at t = 1 - u_k of samplers.ode.likelihood_grid; `probes` Hutchinson probes, None: the
         exact trace). Used by callbacks.ODELikelihood."""
-        labels = None if labels is None else labels.to(self.device)
+        labels = autograd_ready(None if labels is None else labels.to(self.device))
         times = [1.0 - u for u in likelihood_grid(steps)]  # fine steps at the data end, t = 1
         with eval_mode(self.net):
             return ode_log_prob(self.velocity(labels), x, times, standard_normal_log_prob, probes, generator)

@@ -143,6 +143,15 @@ def rademacher_probes(k: int, shape: tuple[int, ...], generator: torch.Generator
     return torch.randint(0, 2, (k, *shape), generator=generator, device=device).float() * 2 - 1
 
 
+def autograd_ready(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A copy of `t` that autograd may save (a label lookup, say), even where `t` was made in inference mode, as
+    Lightning's test loop makes its batches: ode_log_prob differentiates the field, and the field reads it."""
+    if t is None:
+        return None
+    with torch.inference_mode(False):
+        return t.clone()
+
+
 def ode_log_prob(
     field: Field,
     x: torch.Tensor,

@@ -279,7 +279,8 @@ def test_self_guided_ddpm_trains_on_clusters_with_dropout_and_never_reads_labels
     val_x = dm.split("val").__getitems__(list(range(128)))[0]
     assert torch.equal(spy.seen[5], model.labels_of(val_x)) and torch.equal(spy.seen[10], spy.seen[5])  # no dropout
     spy.seen.clear()
-    model.ode_log_prob(val_x[:4], steps=4)
+    with torch.inference_mode():  # as in Lightning's test loop, where callbacks.ODELikelihood calls it
+        model.ode_log_prob(val_x[:4], steps=4)
     assert spy.seen and all(torch.equal(labels, torch.full((4,), 8)) for labels in spy.seen)
     with pytest.raises(ConfigError, match="unconditional"):
         model.ode_log_prob(val_x[:4], labels=torch.zeros(4, dtype=torch.long))
@@ -305,3 +306,13 @@ def test_self_guided_ddpm_refusals():
         wrong.bind_data(_ring8())
     with pytest.raises(ConfigError, match="needs the unconditional model"):
         _self_guided(label_dropout=0.0, guidance_scale=2.0)
+
+
+def test_conditional_ode_likelihood_runs_under_inference_mode():
+    """Lightning's test loop makes its batches, labels included, in inference mode; the ODE differentiates the net,
+    whose label lookup must be able to save the labels for backward."""
+    model = _mlp_model(ConditionalDDPM, num_classes=4)
+    with torch.inference_mode():
+        x, y = torch.randn(3, 2), torch.tensor([0, 1, 3])
+        nll = model.ode_log_prob(x, labels=y, steps=4)
+    assert nll.shape == (3,) and torch.isfinite(nll).all()
