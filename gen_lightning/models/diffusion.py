@@ -19,6 +19,10 @@ unconditional model, and samples with classifier-free guidance (Ho & Salimans 20
 eps = eps_uncond + w (eps_cond - eps_uncond), `guidance_scale` w: 0 unconditional, 1 conditional,
 > 1 guided (Ho & Salimans' weight is w - 1). Guided sampling costs two network passes per step.
 
+`SelfGuidedDDPM` (Hu et al. 2023) trains the same way on k-means clusters of the data instead of labels
+(models/self_conditioning.py) and samples each image with a cluster drawn in proportion to the clusters' sizes:
+unconditional to every caller, no dataset label read.
+
 Images must be in [-1, 1]; the sampler clips x0_hat to that range (`clip_x0`). `val/loss` (for
 ModelCheckpoint) and `test/loss` are the simple loss on held-out data, with t and eps drawn from a
 generator seeded by the batch index, so they compare across epochs. `vlb_bpd: true` adds
