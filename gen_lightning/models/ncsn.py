@@ -293,10 +293,7 @@ class SelfGuidedNCSN(SelfConditioning, NCSN):
 
     @property
     def network_evaluations_per_sample(self) -> int:
-        per_score = 1 if self.guidance_scale == 1.0 else 2
-        if isinstance(self.sampler, ODESampler):
-            return (self.sampler.evaluations + 1) * per_score
-        return self.sampler.network_evaluations(self.sigmas) * per_score
+        return super().network_evaluations_per_sample * (1 if self.guidance_scale == 1.0 else 2)
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The score given `labels` (clusters); without them, the null label's: the unconditional model."""
