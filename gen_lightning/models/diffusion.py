@@ -178,6 +178,10 @@ class DDPM(GenerativeModel):
         """Images in [-1, 1], the net's num_classes matching the model's kind, and one dummy pass of the right shape."""
         self.require_symmetric_range(dm, "diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0)")
         self.check_dequantize(dm, self.dequantize)
+        self.check_net(dm)
+
+    def check_net(self, dm) -> None:
+        """The net's num_classes matching the model's kind (dataset classes, or none), and one dummy pass."""
         self.check_net_classes(dm, "gen_lightning.models.diffusion.ConditionalDDPM", net=self.net)
         self.probe_time_net(self.net, tuple(dm.data_shape))
 
@@ -312,8 +316,7 @@ class SelfGuidedDDPM(SelfConditioning, ConditionalDDPM):
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long)
         return super().ode_log_prob(x, null, steps, probes, generator)
 
-    def check_data(self, dm) -> None:
-        self.require_symmetric_range(dm, "diffusion models take images in [-1, 1] (x_T ~ N(0, I) and clipping of x0)")
-        self.check_dequantize(dm, self.dequantize)
+    def check_net(self, dm) -> None:
+        """The net's classes are the clusters and the null token, not the dataset's classes."""
         self.check_cluster_net("net", self.net)
         self.probe_time_net(self.net, tuple(dm.data_shape), labelled=True)
