@@ -24,6 +24,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
 
+from gen_lightning.callbacks.sample_metrics import SAMPLE_BATCH
 from gen_lightning.errors import ConfigError
 from gen_lightning.metrics.classifier import (
     classifier_features,
@@ -42,7 +43,7 @@ class SampleQuality(L.Callback):
         every_n_epochs: int = 5,
         num_samples: int = 2000,
         classifier_ckpt: str | None = None,
-        batch_size: int = 500,
+        batch_size: int = SAMPLE_BATCH,
         seed: int = 0,
     ):
         if every_n_epochs < 1 or num_samples < 2 or batch_size < 1:
