@@ -308,7 +308,8 @@ def fig_cube(runs: list[Run]) -> plt.Figure:
 
 
 def quality_against_minutes(run: Run, metric: str = "val/classifier_fid") -> tuple[list[float], list[float]] | None:
-    """(fit minutes, metric) pairs of a fit that ran SampleQuality, matched by step; None without them."""
+    """(fit minutes, metric) pairs of a fit that logged `metric` and `val/fit_minutes` (SampleQuality or FitClock),
+    matched by step; None without them."""
     if metric not in run.curves or "val/fit_minutes" not in run.curves:
         return None
     minutes = dict(zip(*run.curves["val/fit_minutes"]))
@@ -316,23 +317,38 @@ def quality_against_minutes(run: Run, metric: str = "val/classifier_fid") -> tup
     return ([m for m, _ in pairs], [v for _, v in pairs]) if pairs else None
 
 
+# the models whose validation loss is an exact NLL in nats (of the binarized validation digits): their curve against
+# minutes is the likelihood families' quality curve (PixelCNN draws no samples during its fit: too slow for its budget)
+NLL_CURVES = {"AutoregressiveModel": "val/loss"}
+
+
+def nll_against_minutes(run: Run) -> tuple[list[float], list[float]] | None:
+    """(fit minutes, validation NLL in nats) of a run whose model's `val/loss` is an exact NLL; None otherwise."""
+    metric = NLL_CURVES.get(run.model.rsplit(".", 1)[-1])
+    return quality_against_minutes(run, metric) if metric else None
+
+
 def fig_quality_minutes(runs: list[Run]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    fig, (ax_fid, ax_nll) = plt.subplots(1, 2, figsize=(12.0, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     colors, markers = plt.cm.tab20.colors, "osD^v<>ph*"  # one look per run: the default cycle repeats after 10
     for i, r in enumerate(runs):
-        curve = quality_against_minutes(r)
-        if curve is not None:
-            ax.plot(*curve, marker=markers[i % len(markers)], color=colors[(2 * i) % 20 + (2 * i // 20) % 2], label=r.name)
-    ax.set_yscale("log")
-    ax.set_xlabel("minutes of gen fit (wall clock, evaluations excluded)")
-    ax.set_ylabel("classifier FID during fit (log scale, lower is better)")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-    else:
-        ax.text(0.5, 0.5, "no run logged val/classifier_fid with val/fit_minutes (SampleQuality)", ha="center",
-                va="center", transform=ax.transAxes, fontsize=8)
+        look = {"marker": markers[i % len(markers)], "color": colors[(2 * i) % 20 + (2 * i // 20) % 2], "label": r.name}
+        for ax, curve in ((ax_fid, quality_against_minutes(r)), (ax_nll, nll_against_minutes(r))):
+            if curve is not None:
+                ax.plot(*curve, **look)
+    ax_fid.set_yscale("log")
+    ax_fid.set_ylabel("classifier FID during fit (log scale, lower is better)")
+    ax_nll.set_ylabel("exact NLL of validation digits during fit (nats, lower is better)")
+    empty = {ax_fid: "no run logged val/classifier_fid with val/fit_minutes (SampleQuality)",
+             ax_nll: "no autoregressive run logged val/loss with val/fit_minutes (SampleQuality or FitClock)"}
+    for ax, message in empty.items():
+        ax.set_xlabel("minutes of gen fit (wall clock, sample evaluations excluded)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=8, wrap=True)
+    fig.tight_layout()
     return fig
 
 

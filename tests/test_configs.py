@@ -81,16 +81,18 @@ def test_stacked_configs_override_in_order(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=experiment)
-def test_a_per_step_cosine_decay_ends_at_the_last_step(config):
-    """A cosine schedule stepped every step must span the fit: past T_max the rate climbs back up."""
+def test_a_per_step_decay_ends_at_the_last_step(config):
+    """A cosine or linear decay stepped every step must span the fit: past T_max the cosine's rate climbs back up,
+    and a linear decay that ends early leaves its last steps at the floor (one that ends late never reaches it)."""
     loaded = yaml.safe_load(config.read_text())
     args = loaded["model"].get("init_args", {})
     scheduler = args.get("scheduler") or {}
-    if args.get("scheduler_interval") != "step" or not scheduler.get("class_path", "").endswith("CosineAnnealingLR"):
+    length = {"CosineAnnealingLR": "T_max", "LinearLR": "total_iters"}.get(scheduler.get("class_path", "").rsplit(".", 1)[-1])
+    if args.get("scheduler_interval") != "step" or length is None:
         return
     trainer, data = loaded["trainer"], loaded["data"]["init_args"]
     steps = trainer.get("max_steps", -1)
     if steps == -1:  # epochs of MNIST's 55,000 training digits (5,000 held out for validation)
         assert loaded["data"]["class_path"].endswith("MNISTDataModule"), f"{config.name}: count its epoch's steps here"
         steps = trainer["max_epochs"] * -(-(60000 - data.get("val_size", 5000)) // data["batch_size"])
-    assert scheduler["init_args"]["T_max"] == steps, config.name
+    assert scheduler["init_args"][length] == steps, config.name

@@ -95,6 +95,21 @@ def test_quality_against_minutes_pairs_the_two_curves_by_step(tmp_path):
     assert quality_against_minutes(load_run(league)) == ([4.0, 9.5], [280.0, 199.0])
 
 
+def test_nll_against_minutes_reads_the_validation_loss_of_autoregressive_models_only(tmp_path):
+    from gen_lightning.report import load_run, nll_against_minutes
+
+    logs = tmp_path / "lightning_logs"
+    # make_run logs val/loss = 2 / (step + 1) at steps 0-19; FitClock's minutes at steps 1 and 3
+    ar = make_run(logs, "pixelcnn_mnist", "AutoregressiveModel", {"nll_nats": 86.0}, 0.1, 20.0, "MNIST", relative_to=None)
+    writer = SummaryWriter(str(logs / "pixelcnn_mnist" / "version_0"))
+    writer.add_scalar("val/fit_minutes", 2.0, 1)
+    writer.add_scalar("val/fit_minutes", 6.0, 3)
+    writer.close()
+    assert nll_against_minutes(load_run(ar)) == ([2.0, 6.0], [1.0, 0.5])
+    other = make_run(logs, "ddpm_mnist", "DDPM", {"classifier_fid": 12.5}, 0.2, 90.0, "MNIST", {1: (2.0, 40.0)})
+    assert nll_against_minutes(load_run(other)) is None  # a DDPM's val/loss is an eps-MSE, not an NLL
+
+
 def test_runs_of_different_datasets_are_not_ranked_together(tmp_path, capsys):
     logs = tmp_path / "lightning_logs"
     make_run(logs, "vae_gmm", "VAE", {"modes_covered": 20}, 0.1, 0.01, "GMM-ring8")

@@ -5,7 +5,7 @@ from gen_lightning.callbacks.ema import EMA
 from gen_lightning.callbacks.gmm_metrics import GMMMetrics
 from gen_lightning.callbacks.ode_likelihood import ODELikelihood
 from gen_lightning.callbacks.outputs import MetricsWriter, SampleWriter
-from gen_lightning.callbacks.quality import SampleQuality
+from gen_lightning.callbacks.quality import FitClock, SampleQuality
 from gen_lightning.callbacks.sample_grid import LatentInterpolation, SampleGrid
 
-__all__ = ["DensityMetrics", "EMA", "GMMMetrics", "LatentInterpolation", "MetricsWriter", "ODELikelihood", "SampleQuality", "SampleGrid", "SampleWriter"]
+__all__ = ["DensityMetrics", "EMA", "FitClock", "GMMMetrics", "LatentInterpolation", "MetricsWriter", "ODELikelihood", "SampleQuality", "SampleGrid", "SampleWriter"]

@@ -8,7 +8,8 @@
 
 Each evaluation also logs `val/fit_minutes`: the wall-clock minutes of `gen fit` so far, not
 counting these evaluations themselves, so that quality can be plotted against CPU minutes (the
-MNIST league's quality-against-time figure).
+MNIST league's quality-against-time figure). A fit without sample metrics gets the same clock from
+`FitClock`, for its validation loss (PixelCNN's exact NLL, for one).
 
 When EMA is on (Lightning's EMAWeightAveraging), the average is swapped into the model for
 the whole validation epoch; `gen` orders EMA after this callback, so the samples come from
@@ -112,3 +113,22 @@ class SampleQuality(L.Callback):
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", float(value), sync_dist=False)
         self._eval_seconds += time.perf_counter() - started
+
+
+class FitClock(L.Callback):
+    """Logs `val/fit_minutes` after every validation (not the sanity check): the wall-clock minutes of `gen fit` so far,
+    on SampleQuality's clock, for fits that measure their quality by the validation loss and draw no samples to score.
+
+    SampleQuality logs the same key from the same clock (less its own sampling), so a fit takes one or the other.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and any(isinstance(cb, SampleQuality) for cb in trainer.callbacks):
+            raise ConfigError("FitClock: SampleQuality already logs val/fit_minutes in this fit; drop the FitClock callback")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("val/fit_minutes", (time.perf_counter() - self._fit_start) / 60, sync_dist=False)
