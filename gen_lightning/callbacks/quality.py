@@ -37,7 +37,29 @@ from gen_lightning.metrics.classifier import (
 from gen_lightning.metrics.gmm import gmm_mode_metrics
 
 
-class SampleQuality(L.Callback):
+class FitClock(L.Callback):
+    """Logs `val/fit_minutes` after every validation (not the sanity check): the wall-clock minutes of `gen fit` so far,
+    less the seconds a subclass spends on its own evaluations. On its own it times fits that measure their quality by
+    the validation loss and score no samples; SampleQuality extends it, so a fit takes one or the other.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        other = next((cb for cb in trainer.callbacks if isinstance(cb, FitClock) and cb is not self), None)
+        if stage == "fit" and type(self) is FitClock and other is not None:
+            raise ConfigError(f"FitClock: {type(other).__name__} already logs val/fit_minutes in this fit; drop the FitClock callback")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start, self._eval_seconds = time.perf_counter(), 0.0
+
+    def fit_minutes(self) -> float:
+        return (time.perf_counter() - self._fit_start - self._eval_seconds) / 60
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("val/fit_minutes", self.fit_minutes(), sync_dist=False)
+
+
+class SampleQuality(FitClock):
     def __init__(
         self,
         metric: Literal["classifier_fid", "gmm_modes"] = "classifier_fid",
@@ -59,14 +81,12 @@ class SampleQuality(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        super().setup(trainer, pl_module, stage)
         dm = trainer.datamodule
         if self.metric == "gmm_modes" and not hasattr(dm, "gmm"):
             raise ConfigError("SampleQuality(metric='gmm_modes') needs a GMMDataModule; use classifier_fid for images")
         if self.metric == "classifier_fid":
             self.classifier = load_classifier(self.classifier_ckpt, map_location=pl_module.device)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start, self._eval_seconds = time.perf_counter(), 0.0
 
     def _due(self, trainer: L.Trainer) -> bool:
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -93,8 +113,7 @@ class SampleQuality(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
-        started = time.perf_counter()
-        fit_minutes = (started - self._fit_start - self._eval_seconds) / 60
+        started, fit_minutes = time.perf_counter(), self.fit_minutes()
         samples, labels = self._samples(pl_module)
         bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
         if bad:
@@ -113,22 +132,3 @@ class SampleQuality(L.Callback):
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", float(value), sync_dist=False)
         self._eval_seconds += time.perf_counter() - started
-
-
-class FitClock(L.Callback):
-    """Logs `val/fit_minutes` after every validation (not the sanity check): the wall-clock minutes of `gen fit` so far,
-    on SampleQuality's clock, for fits that measure their quality by the validation loss and draw no samples to score.
-
-    SampleQuality logs the same key from the same clock (less its own sampling), so a fit takes one or the other.
-    """
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and any(isinstance(cb, SampleQuality) for cb in trainer.callbacks):
-            raise ConfigError("FitClock: SampleQuality already logs val/fit_minutes in this fit; drop the FitClock callback")
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            pl_module.log("val/fit_minutes", (time.perf_counter() - self._fit_start) / 60, sync_dist=False)
